@@ -1,0 +1,1 @@
+"""winnow's Prefect flows and the ``winnow`` command line."""

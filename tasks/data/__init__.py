@@ -1,0 +1,1 @@
+"""Pure data code: loading sources into arrays, label noise, synthetic sets."""

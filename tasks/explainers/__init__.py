@@ -1,0 +1,1 @@
+"""Explanations of flagged samples: IG with explicit baselines, EDDA, latent counterfactuals."""

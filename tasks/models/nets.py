@@ -1,0 +1,70 @@
+"""Architectures. Each is ``body`` (features) then ``head`` (one linear layer), so last-layer
+methods (representer points, last-layer TracIn/influence) can reach the features directly."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+MODEL_KINDS = ("mlp", "cnn", "cnn1d")
+
+
+class Classifier(nn.Module):
+    def __init__(self, body: nn.Module, feature_dim: int, num_classes: int):
+        super().__init__()
+        self.body = body
+        self.head = nn.Linear(feature_dim, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+def mlp(input_shape: tuple[int, ...], num_classes: int, hidden: tuple[int, ...] = (256, 128)) -> Classifier:
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = math.prod(input_shape)
+    for h in hidden:
+        layers += [nn.Linear(width, h), nn.ReLU()]
+        width = h
+    return Classifier(nn.Sequential(*layers), width, num_classes)
+
+
+def cnn(input_shape: tuple[int, ...], num_classes: int, channels: tuple[int, int] = (32, 64), hidden: int = 128) -> Classifier:
+    c, h, w = input_shape
+    body = nn.Sequential(
+        nn.Conv2d(c, channels[0], 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(channels[0], channels[1], 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(channels[1] * (h // 4) * (w // 4), hidden), nn.ReLU(),
+    )
+    return Classifier(body, hidden, num_classes)
+
+
+def cnn1d(input_shape: tuple[int, ...], num_classes: int, hidden: int = 128) -> Classifier:
+    """A small version of Mercier et al.'s 1D CNN (conv 32-32-64-64, 2 pools, dense)."""
+    c, *rest = input_shape
+    length = math.prod(rest)
+    body = nn.Sequential(
+        nn.Flatten(2) if len(rest) > 1 else nn.Identity(),
+        nn.Conv1d(c, 32, 3, padding=1), nn.ReLU(), nn.Conv1d(32, 32, 3, padding=1), nn.ReLU(), nn.MaxPool1d(2),
+        nn.Conv1d(32, 64, 3, padding=1), nn.ReLU(), nn.Conv1d(64, 64, 3, padding=1), nn.ReLU(), nn.MaxPool1d(2),
+        nn.Flatten(),
+        nn.Linear(64 * (length // 4), hidden), nn.ReLU(),
+    )
+    return Classifier(body, hidden, num_classes)
+
+
+def build_model(kind: str, input_shape: tuple[int, ...], num_classes: int) -> Classifier:
+    """Build an untrained model by name; seed torch before calling for reproducible weights."""
+    if kind == "mlp":
+        return mlp(tuple(input_shape), num_classes)
+    if kind == "cnn":
+        if len(input_shape) != 3:
+            raise ValueError(f"model 'cnn' needs (C, H, W) inputs, got sample shape {tuple(input_shape)}")
+        return cnn(tuple(input_shape), num_classes)
+    if kind == "cnn1d":
+        return cnn1d(tuple(input_shape), num_classes)
+    raise ValueError(f"unknown model {kind!r}; choose one of {MODEL_KINDS}")

@@ -1,0 +1,139 @@
+"""The one training loop: deterministic by seed, a checkpoint per epoch, CUDA when present."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    seed: int = 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Checkpoint:
+    """Weights after one epoch, with the learning rate used during it (TracIn needs it)."""
+
+    epoch: int
+    lr: float
+    state: dict[str, torch.Tensor]
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    checkpoints: list[Checkpoint]
+    train_loss: list[float] = field(default_factory=list)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2**32))
+
+
+# forward(model, x_batch, index_batch) -> logits; lets turn-over dropout route by sample index.
+ForwardFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _plain_forward(model: nn.Module, xb: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    return model(xb)
+
+
+def train_model(
+    model_factory: Callable[[], nn.Module],
+    x: torch.Tensor | np.ndarray,
+    y: torch.Tensor | np.ndarray,
+    config: TrainConfig = TrainConfig(),
+    *,
+    device: torch.device | None = None,
+    forward: ForwardFn = _plain_forward,
+    on_epoch: Callable[[int, float], None] | None = None,
+    keep_checkpoints: bool = True,
+) -> TrainResult:
+    """Train a fresh model with SGD + momentum and cross-entropy.
+
+    Parameters
+    ----------
+    model_factory : callable
+        Returns an untrained model; called after seeding, so weights depend only on the seed.
+    x : shape (n, *sample_shape), float32
+    y : shape (n,), int64
+    forward : callable, optional
+        ``forward(model, x_batch, idx_batch)``; ``idx_batch`` are row indices into ``x``.
+
+    Returns
+    -------
+    TrainResult
+        The trained model (eval mode, on ``device``) and one CPU checkpoint per epoch.
+    """
+    x = torch.as_tensor(x, dtype=torch.float32)
+    y = torch.as_tensor(y, dtype=torch.long)
+    if len(x) != len(y):
+        raise ValueError(f"x has {len(x)} rows but y has {len(y)}")
+    if len(x) == 0:
+        raise ValueError("cannot train on an empty training set")
+    if config.epochs < 1 or config.batch_size < 1 or config.lr <= 0:
+        raise ValueError(f"invalid training config {config}")
+    device = device or default_device()
+    seed_everything(config.seed)
+    model = model_factory().to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                          weight_decay=config.weight_decay)
+    gen = torch.Generator().manual_seed(config.seed)
+    xd, yd = x.to(device), y.to(device)
+    checkpoints: list[Checkpoint] = []
+    losses: list[float] = []
+    for epoch in range(config.epochs):
+        model.train()
+        order = torch.randperm(len(x), generator=gen).to(device)
+        total = 0.0
+        for start in range(0, len(x), config.batch_size):
+            idx = order[start:start + config.batch_size]
+            loss = F.cross_entropy(forward(model, xd[idx], idx), yd[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+        losses.append(total / len(x))
+        if keep_checkpoints:
+            state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            checkpoints.append(Checkpoint(epoch + 1, opt.param_groups[0]["lr"], state))
+        if on_epoch:
+            on_epoch(epoch + 1, losses[-1])
+    model.eval()
+    return TrainResult(model, checkpoints, losses)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: torch.Tensor | np.ndarray, batch_size: int = 2048,
+                   device: torch.device | None = None) -> torch.Tensor:
+    """Logits, shape (n, C), on the CPU; the model is put in eval mode."""
+    device = device or next(model.parameters()).device
+    model.eval()
+    x = torch.as_tensor(x, dtype=torch.float32)
+    outs = [model(x[i:i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)]
+    return torch.cat(outs) if outs else torch.empty(0)
+
+
+def accuracy(model: nn.Module, x, y) -> float:
+    y = torch.as_tensor(y)
+    if len(y) == 0:
+        return float("nan")
+    return float((predict_logits(model, x).argmax(1) == y).float().mean())

@@ -1,0 +1,172 @@
+"""The scorer contract: one small abstract base, one registry, one signature.
+
+A scorer answers "how likely is this training sample's given label wrong?" with one float per
+sample, higher = more suspicious. Every scorer receives the same :class:`TrainingContext`; the
+expensive shared pieces (loading checkpoints, logits at every checkpoint, out-of-sample
+probabilities by K-fold training) live on the context, computed once and reused by all scorers.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field, replace
+from typing import Callable, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..models.training import Checkpoint, TrainConfig, TrainResult, default_device, predict_logits, train_model
+
+
+@dataclass
+class TrainingContext:
+    """Everything a scorer may use. Pure data: no files, no Prefect, no MLflow.
+
+    Attributes
+    ----------
+    x : torch.Tensor, shape (n, *sample_shape), float32
+        Training inputs.
+    y : torch.Tensor, shape (n,), int64
+        Given (possibly noisy) labels.
+    num_classes : int
+    model_factory : callable
+        Returns an untrained model of the audited architecture.
+    checkpoints : list[Checkpoint]
+        One per epoch of the audited training run, oldest first.
+    train_config : TrainConfig
+        The recipe that produced the checkpoints (scorers that retrain reuse it).
+    sample_ids : np.ndarray, shape (n,), str
+        Stable ids (turn-over dropout derives masks from them).
+    seed : int
+    kfold : int
+        Folds for out-of-sample probabilities.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    num_classes: int
+    model_factory: Callable[[], nn.Module]
+    checkpoints: list[Checkpoint]
+    train_config: TrainConfig
+    sample_ids: np.ndarray
+    seed: int = 0
+    kfold: int = 4
+    device: torch.device = field(default_factory=default_device)
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.x = torch.as_tensor(self.x, dtype=torch.float32)
+        self.y = torch.as_tensor(self.y, dtype=torch.long)
+        n = len(self.x)
+        if len(self.y) != n or len(self.sample_ids) != n:
+            raise ValueError(f"x, y and sample_ids must have the same length, got {n}, {len(self.y)}, {len(self.sample_ids)}")
+        if n and (int(self.y.min()) < 0 or int(self.y.max()) >= self.num_classes):
+            raise ValueError(f"labels must lie in [0, {self.num_classes})")
+
+    @property
+    def n(self) -> int:
+        return len(self.x)
+
+    def model_at(self, index: int = -1) -> nn.Module:
+        """A fresh model loaded with checkpoint ``index`` (eval mode, on ``device``)."""
+        if not self.checkpoints:
+            raise ValueError("this scorer needs the training checkpoints, and the context has none")
+        model = self.model_factory()
+        model.load_state_dict(self.checkpoints[index].state)
+        return model.to(self.device).eval()
+
+    def checkpoint_logits(self) -> torch.Tensor:
+        """Training-set logits at every checkpoint, shape (T, n, C); computed once."""
+        if "checkpoint_logits" not in self._cache:
+            self._cache["checkpoint_logits"] = torch.stack(
+                [predict_logits(self.model_at(t), self.x, device=self.device) for t in range(len(self.checkpoints))]
+            )
+        return self._cache["checkpoint_logits"]
+
+    def train(self, x=None, y=None, config: TrainConfig | None = None, **kwargs) -> TrainResult:
+        """Train the audited recipe (defaults: this context's data and config)."""
+        return train_model(self.model_factory, self.x if x is None else x, self.y if y is None else y,
+                           config or self.train_config, device=self.device, **kwargs)
+
+    def out_of_sample_probs(self) -> np.ndarray:
+        """Predicted probabilities for each sample from a model that never saw it.
+
+        K-fold cross-fitting with the audited recipe (folds stratified by given label, seeded).
+
+        Returns
+        -------
+        np.ndarray, shape (n, C), float64
+        """
+        if "oos_probs" not in self._cache:
+            from sklearn.model_selection import StratifiedKFold
+
+            y = self.y.numpy()
+            counts = np.bincount(y, minlength=self.num_classes)
+            k = int(min(self.kfold, max(2, counts[counts > 0].min())))
+            probs = np.zeros((self.n, self.num_classes))
+            folds = StratifiedKFold(k, shuffle=True, random_state=self.seed).split(np.zeros(self.n), y)
+            for fold, (fit, held) in enumerate(folds):
+                cfg = replace(self.train_config, seed=self.train_config.seed + 1000 * (fold + 1))
+                result = self.train(self.x[fit], self.y[fit], cfg, keep_checkpoints=False)
+                probs[held] = torch.softmax(predict_logits(result.model, self.x[held]), 1).double().numpy()
+            self._cache["oos_probs"] = probs
+        return self._cache["oos_probs"]
+
+
+class Scorer(ABC):
+    """Base class: subclasses set ``name`` and implement :meth:`score`."""
+
+    name: ClassVar[str]
+    #: one line for ``winnow run --help`` and the docs
+    summary: ClassVar[str] = ""
+
+    def __init__(self, **options):
+        self.options = options
+
+    @abstractmethod
+    def score(self, ctx: TrainingContext) -> np.ndarray:
+        """Return shape (n,) float scores, higher = more likely mislabelled."""
+
+    def __call__(self, ctx: TrainingContext) -> np.ndarray:
+        scores = np.asarray(self.score(ctx), dtype=np.float64).reshape(-1)
+        if scores.shape != (ctx.n,):
+            raise ValueError(f"scorer {self.name!r} returned {scores.shape[0]} scores for {ctx.n} samples")
+        if not np.all(np.isfinite(scores)):
+            raise ValueError(f"scorer {self.name!r} returned non-finite scores")
+        return scores
+
+
+_REGISTRY: dict[str, type[Scorer]] = {}
+
+
+def register(cls: type[Scorer]) -> type[Scorer]:
+    """Class decorator: make a scorer selectable by ``cls.name``."""
+    if not getattr(cls, "name", None):
+        raise ValueError(f"{cls.__name__} has no name")
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise ValueError(f"scorer name {cls.name!r} is already registered by {_REGISTRY[cls.name].__name__}")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def available() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_scorer(name: str, **options) -> Scorer:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown scorer {name!r}; available: {', '.join(available())}")
+    return _REGISTRY[name](**options)
+
+
+def parse_scorer_list(spec: str | list[str]) -> list[str]:
+    """``"loss,confident"`` -> ``["loss", "confident"]``, validated against the registry."""
+    names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
+    if not names:
+        raise ValueError("--scorers is empty; give at least one of: " + ", ".join(available()))
+    for n in names:
+        if n not in _REGISTRY:
+            raise ValueError(f"unknown scorer {n!r} in --scorers; available: {', '.join(available())}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"--scorers lists a scorer twice: {names}")
+    return names

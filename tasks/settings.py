@@ -1,0 +1,62 @@
+"""Where winnow keeps its state: one data directory, overridable by environment.
+
+``WINNOW_HOME`` (default ``./data``) holds the lake, the artifacts, the MLflow store and
+Prefect's home. Everything is resolved at call time so tests can point it at a temp dir.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Paths:
+    home: Path
+
+    @property
+    def lake(self) -> Path:
+        return self.home / "lake"
+
+    @property
+    def artifacts(self) -> Path:
+        return self.home / "artifacts"
+
+    @property
+    def incoming(self) -> Path:
+        return self.home / "incoming"
+
+    @property
+    def prefect_home(self) -> Path:
+        return self.home / "prefect"
+
+    @property
+    def reports(self) -> Path:
+        return self.home / "reports"
+
+    @property
+    def mlflow_uri(self) -> str:
+        return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(self.home / 'mlflow.db').resolve()}"
+
+
+def paths() -> Paths:
+    return Paths(Path(os.environ.get("WINNOW_HOME", "data")).resolve())
+
+
+def configure_environment() -> Paths:
+    """Set Prefect/MLflow environment defaults before either is imported.
+
+    Prefect reads its settings at import, so the CLI and the tests call this first.
+    """
+    p = paths()
+    p.home.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("PREFECT_HOME", str(p.prefect_home))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "true")
+    os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(p.prefect_home / "results"))
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+    os.environ.setdefault("MLFLOW_TRACKING_URI", p.mlflow_uri)
+    # GX prints progress bars on stderr for every validation; they are noise in a pipeline log.
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("TQDM_DISABLE", os.environ.get("TQDM_DISABLE", "0"))
+    return p
