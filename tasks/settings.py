@@ -56,6 +56,7 @@ def configure_environment() -> Paths:
     os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(p.prefect_home / "results"))
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
     os.environ.setdefault("MLFLOW_TRACKING_URI", p.mlflow_uri)
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     # GX prints progress bars on stderr for every validation; they are noise in a pipeline log.
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("TQDM_DISABLE", os.environ.get("TQDM_DISABLE", "0"))

@@ -1,8 +1,15 @@
 """Scorers: one registry, one signature (higher = more suspicious).
 
-Importing this package registers every scorer module listed below.
+Importing this package registers every scorer: each module in this folder registers its own
+classes with ``@register`` when imported, so adding a scorer is adding a module.
 """
+import importlib
+import pkgutil
+
 from .base import Scorer, TrainingContext, available, get_scorer, parse_scorer_list, register
-from . import confident, loss, random  # noqa: F401  (registration)
+
+for _module in pkgutil.iter_modules(__path__):
+    if not _module.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["Scorer", "TrainingContext", "available", "get_scorer", "parse_scorer_list", "register"]

@@ -1,0 +1,161 @@
+"""The audit flow: the spine every other capability plugs into.
+
+    ingest -> validate (GX) -> commit -> inject noise -> train -> score xN -> estimate k
+           -> prune + retrain per scorer (+ oracle) -> measure -> lake + MLflow + Prefect artifact
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.context import get_run_context
+
+from winnow.tasks import artifacts, lake, stages
+from winnow.tasks.metrics import detection_metrics
+from winnow.tasks.plots import detection_curves
+from winnow.tasks.scorers import parse_scorer_list
+from winnow.tasks.settings import paths
+from winnow.tasks.tracking import log_audit
+
+
+@dataclass
+class AuditResult:
+    run_id: str  # deterministic key of (data, noise, seed, model, recipe): the lake's run_id
+    mlflow_run_id: str
+    flow_run_id: str
+    params: dict
+    rows: list[dict]  # one per scorer: detection metrics + accuracy after pruning
+    accuracy: dict  # noisy / oracle test accuracy
+    k: int
+    k_source: str
+    stages: list[dict] = field(default_factory=list)
+
+    def table(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows)
+
+
+class _Stages:
+    """Runs tasks, remembering per stage whether it was served from cache and how long it took."""
+
+    def __init__(self):
+        self.records: list[dict] = []
+
+    def __call__(self, name: str, task, *args, **kwargs):
+        t0 = time.perf_counter()
+        state = task(*args, return_state=True, **kwargs)
+        result = state.result()  # raises the task's exception if it failed
+        self.records.append({"name": name, "cached": state.name == "Cached",
+                             "seconds": round(time.perf_counter() - t0, 3)})
+        return result
+
+
+@flow(name="audit", log_prints=True)
+def audit(dataset: str = "digits", path: str | None = None, limit: int | None = None,
+          noise: str = "symmetric", rate: float = 0.2, seed: int = 0, model: str = "mlp",
+          scorers: str = "loss,confident,random", prune_k: int | None = None,
+          epochs: int | None = None) -> AuditResult:
+    """Inject noise, train, score, prune, retrain, measure — every stage cached."""
+    log = get_run_logger()
+    names = parse_scorer_list(scorers)
+    if not 0 <= rate < 1:
+        raise ValueError(f"--rate must lie in [0, 1), got {rate}")
+    run = _Stages()
+    config = stages.default_config(dataset, model, epochs, seed).as_dict()
+
+    batch_id = run("ingest", stages.ingest, dataset, path, limit, stages.source_fingerprint(dataset, path))
+    run("validate", stages.validate, batch_id)
+    run("commit", stages.commit, batch_id)
+    noise_key = run("inject-noise", stages.inject_noise, batch_id, noise, rate, seed)
+    train_key = run("train", stages.train, batch_id, noise_key, model, config)
+
+    needs_oos = "confident" in names or "ensemble" in names or prune_k is None
+    oos_key = run("out-of-sample", stages.out_of_sample, train_key) if needs_oos else None
+    score_keys = {n: run(f"score-{n}", stages.score, train_key, n, oos_key) for n in names}
+    if prune_k is None:
+        k, k_source = run("estimate-k", stages.estimate_k, oos_key, train_key), "confident learning"
+    else:
+        k, k_source = int(prune_k), "--prune-k"
+
+    pruned = {n: run(f"retrain-{n}", stages.retrain, train_key, n, score_keys[n], k) for n in names}
+    oracle = run("retrain-oracle", stages.retrain, train_key, "oracle", None, 0, clean=True)
+    meta = artifacts.load_json("train", train_key)
+
+    # measure
+    truth = artifacts.load_frame("noise", noise_key)
+    flipped = truth["is_flipped"].to_numpy(bool)
+    score_tables = {n: artifacts.load_frame("scores", score_keys[n]) for n in names}
+    rows = []
+    for n in names:
+        m = detection_metrics(score_tables[n]["score"].to_numpy(), flipped, k)
+        m["seconds"] = artifacts.load_json("scores", score_keys[n])["seconds"]
+        rows.append({"scorer": n, **m, "pruned_accuracy": pruned[n]["test_accuracy"],
+                     "removed_flipped": pruned[n]["removed_flipped"]})
+    accuracy = {"noisy": meta["test_accuracy"], "oracle": oracle["test_accuracy"]}
+    params = {"dataset": dataset, "path": path, "limit": limit, "noise": noise, "rate": rate, "seed": seed,
+              "model": model, "scorers": ",".join(names), "prune_k": k, "k_source": k_source,
+              "batch_id": batch_id, "n_train": len(flipped), "n_flipped": int(flipped.sum()), **{
+                  f"train.{a}": b for a, b in config.items()}}
+    log.info("k = %d (%s); noisy acc %.4f, oracle acc %.4f", k, k_source, accuracy["noisy"], accuracy["oracle"])
+
+    # publish: the lake, MLflow, the Prefect UI
+    t0 = time.perf_counter()
+    ctx = get_run_context()
+    flow_run_id = str(ctx.flow_run.id) if ctx and getattr(ctx, "flow_run", None) else ""
+    run_dir = paths().reports / train_key
+    plot = detection_curves({n: t["score"].to_numpy() for n, t in score_tables.items()}, flipped,
+                            run_dir / "detection.png", f"{dataset} · {noise} {rate:.0%} · {model} · seed {seed}")
+    summary_md = _markdown(rows, accuracy, k, k_source, params)
+    (run_dir / "summary.md").write_text(summary_md)
+    final_ctx = stages.load_context(train_key)[0]
+    mlflow_run_id = log_audit(
+        f"audit {dataset} {noise} {rate:g} s{seed} {model}", params, run.records,
+        {r["scorer"]: {k_: v for k_, v in r.items() if k_ != "scorer"} for r in rows},
+        {"accuracy_noisy": accuracy["noisy"], "accuracy_oracle": accuracy["oracle"], "k": k,
+         **{f"{r['scorer']}.auroc": r["auroc"] for r in rows},
+         **{f"{r['scorer']}.pruned_accuracy": r["pruned_accuracy"] for r in rows}},
+        score_tables, [plot, run_dir / "summary.md"], model=final_ctx.model_at(-1), model_example=final_ctx.x[:2].numpy(),
+        tags={"winnow.run_id": train_key, "prefect.flow_run_id": flow_run_id},
+    )
+    _publish_lake(train_key, noise_key, truth, score_tables, rows, accuracy, params, mlflow_run_id, flow_run_id)
+    create_markdown_artifact(key="audit-summary", markdown=summary_md + f"\n\nMLflow run: `{mlflow_run_id}`",
+                             description=f"winnow audit {train_key}")
+    run.records.append({"name": "publish", "cached": False, "seconds": round(time.perf_counter() - t0, 3)})
+    return AuditResult(train_key, mlflow_run_id, flow_run_id, params, rows, accuracy, k, k_source, run.records)
+
+
+def _markdown(rows, accuracy, k, k_source, params) -> str:
+    lines = [f"### winnow audit — {params['dataset']}, {params['noise']} noise {params['rate']:.0%}, "
+             f"{params['model']}, seed {params['seed']}", "",
+             f"{params['n_train']} training samples, {params['n_flipped']} flipped; pruned k = {k} ({k_source}).", "",
+             "| scorer | AUROC | AP | P@k | R@k | acc. after pruning |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['scorer']} | {r['auroc']:.3f} | {r['ap']:.3f} | {r['precision_at_k']:.3f} | "
+                     f"{r['recall_at_k']:.3f} | {r['pruned_accuracy']:.4f} |")
+    lines += ["", f"Test accuracy: noisy {accuracy['noisy']:.4f}, oracle (clean labels) {accuracy['oracle']:.4f}."]
+    return "\n".join(lines)
+
+
+def _publish_lake(run_id, noise_key, truth, score_tables, rows, accuracy, params, mlflow_run_id, flow_run_id):
+    noise_df = truth.assign(run_id=run_id, noise=params["noise"], rate=params["rate"], seed=params["seed"])
+    lake.write("noise", noise_df[["sample_id", "run_id", "original_label", "noisy_label", "is_flipped",
+                                  "noise", "rate", "seed"]], part=run_id)
+    for name, t in score_tables.items():
+        lake.write("scores", t.assign(run_id=run_id, scorer=name)[["run_id", "scorer", "sample_id", "score"]],
+                   part=f"{run_id}-{name}")
+    dims = {k: params[k] for k in ("dataset", "noise", "rate", "seed", "model")}
+    # One part per (run, scorer), overwritten: a rerun refreshes its figures without duplicating
+    # them, and scoring with another scorer list adds rows beside the earlier ones.
+    for r in rows:
+        lake.replace("metrics", pd.DataFrame([{"run_id": run_id, "scorer": r["scorer"], "name": m, "value": float(v),
+                                               **dims} for m, v in r.items() if m != "scorer"]),
+                     part=f"{run_id}-{r['scorer']}")
+    lake.replace("metrics", pd.DataFrame([{"run_id": run_id, "scorer": "", "name": f"accuracy_{a}", "value": float(v),
+                                           **dims} for a, v in accuracy.items()]), part=f"{run_id}-accuracy")
+    lake.write("runs", pd.DataFrame([{
+        "run_id": run_id, "mlflow_run_id": mlflow_run_id, "flow_run_id": flow_run_id, "flow": "audit",
+        "created_at": pd.Timestamp.now(tz="UTC"), "scorers": params["scorers"], "k": params["prune_k"],
+        "batch_id": params["batch_id"], **dims}]), part=mlflow_run_id)

@@ -1,0 +1,131 @@
+"""The ``winnow`` command line."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _positive_int(v: str) -> int:
+    i = int(v)
+    if i <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
+    return i
+
+
+def _rate(v: str) -> float:
+    r = float(v)
+    if not 0.0 <= r < 1.0:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1), got {v}")
+    return r
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="winnow",
+        description="Find the training samples whose labels are most likely wrong, prune them, retrain, "
+                    "and gate the release on data checks.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="audit a data set: noise -> train -> score -> prune -> retrain -> measure",
+                         description="Run the audit flow (Prefect) and print the summary table.")
+    run.add_argument("--dataset", choices=["digits", "fashion-mnist", "parquet", "anomaly"], default="digits")
+    run.add_argument("--path", help="Fashion-MNIST IDX folder, or the Parquet file for --dataset parquet")
+    run.add_argument("--limit", type=_positive_int, help="use at most N samples (training split for fashion-mnist)")
+    run.add_argument("--noise", choices=["none", "symmetric", "class-pair", "instance-dependent"], default="symmetric")
+    run.add_argument("--rate", type=_rate, default=0.2, help="fraction of training labels to flip (default 0.2)")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--model", choices=["mlp", "cnn", "cnn1d"], default="mlp")
+    run.add_argument("--scorers", default="loss,confident,random",
+                     help="comma-separated scorer names (see `winnow scorers`)")
+    run.add_argument("--prune-k", type=int, help="how many to prune (default: confident learning's noise estimate)")
+    run.add_argument("--epochs", type=_positive_int, help="override the recipe's epoch count")
+    run.add_argument("--refresh", action="store_true", help="ignore cached stage results and recompute")
+    run.add_argument("--format", choices=["table", "csv", "json"], default="table")
+
+    sql = sub.add_parser("sql", help="query the lake with DuckDB SQL",
+                         description="Run a DuckDB query over the lake (views: samples, noise, scores, metrics, runs, ...).")
+    sql.add_argument("query")
+    sql.add_argument("--format", choices=["table", "csv", "json"], default="table")
+
+    sub.add_parser("scorers", help="list the registered scorers", description="List the registered scorers.")
+    return parser
+
+
+def _print_frame(df, fmt: str, title: str | None = None) -> None:
+    if fmt == "csv":
+        sys.stdout.write(df.to_csv(index=False))
+    elif fmt == "json":
+        sys.stdout.write(df.to_json(orient="records", indent=1, default_handler=str) + "\n")
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=title)
+        for c in df.columns:
+            table.add_column(str(c), justify="right" if df[c].dtype.kind in "fiu" else "left")
+        for row in df.itertuples(index=False):
+            table.add_row(*[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row])
+        Console(width=max(100, 20 * len(df.columns))).print(table)
+
+
+def cmd_run(args) -> int:
+    import os
+
+    if args.refresh:
+        os.environ["PREFECT_TASKS_REFRESH_CACHE"] = "true"
+    from winnow.flows.audit import audit
+
+    result = audit(dataset=args.dataset, path=args.path, limit=args.limit, noise=args.noise, rate=args.rate,
+                   seed=args.seed, model=args.model, scorers=args.scorers, prune_k=args.prune_k, epochs=args.epochs)
+    table = result.table()[["scorer", "auroc", "ap", "precision_at_k", "recall_at_k", "pruned_accuracy", "seconds"]]
+    table = table.rename(columns={"auroc": "AUROC", "ap": "AP", "precision_at_k": "P@k", "recall_at_k": "R@k",
+                                  "pruned_accuracy": "acc. after pruning", "seconds": "score s"})
+    if args.format == "table":
+        _print_frame(table, "table", title=f"winnow audit · k = {result.k} ({result.k_source})")
+        print(f"test accuracy: noisy {result.accuracy['noisy']:.4f} · oracle {result.accuracy['oracle']:.4f}")
+        cached = [s["name"] for s in result.stages if s["cached"]]
+        print(f"stages served from cache: {', '.join(cached) if cached else 'none'}")
+        print(f"lake run_id: {result.run_id}")
+        print(f"MLflow run id: {result.mlflow_run_id}")
+    else:
+        _print_frame(table.assign(mlflow_run_id=result.mlflow_run_id, run_id=result.run_id), args.format)
+    return 0
+
+
+def cmd_sql(args) -> int:
+    from winnow.tasks import lake
+
+    try:
+        df = lake.sql(args.query)
+    except Exception as exc:  # duckdb raises its own error types; show the one line that matters
+        print(f"winnow sql: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
+    _print_frame(df, args.format)
+    return 0
+
+
+def cmd_scorers(args) -> int:
+    from winnow.tasks.scorers import available, get_scorer
+
+    for name in available():
+        print(f"{name:14s} {get_scorer(name).summary}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "sql": cmd_sql, "scorers": cmd_scorers}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from winnow.tasks.settings import configure_environment
+
+    args = build_parser().parse_args(argv)
+    configure_environment()
+    try:
+        return COMMANDS[args.command](args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"winnow {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

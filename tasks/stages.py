@@ -1,0 +1,288 @@
+"""The audit pipeline's Prefect tasks: thin wrappers that load artifacts, call a pure function,
+write artifacts, and return small keys.
+
+Caching: every computing stage is keyed on its inputs (content keys), its own source and the
+source of the pure modules it calls (:class:`CodeVersion`), with results persisted, so a rerun
+with one change recomputes only what depends on it. Lake publication and tracking are not cached:
+they are cheap and idempotent, so the lake and MLflow always reflect the current run.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from prefect import get_run_logger, task
+from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE, CachePolicy
+
+from . import artifacts, batches
+from .data import noise as noise_lib
+from .data.dataset import Dataset
+from .data.sources import load_source
+from .models import TrainConfig, build_model
+from .models.training import accuracy, predict_logits
+from .scorers import TrainingContext, get_scorer
+from .scorers.confident import estimate_noise_count
+from .validation import validate_batch
+
+
+@dataclass
+class CodeVersion(CachePolicy):
+    """Cache key part: the source of the named winnow modules (packages: every file in them),
+    so editing an algorithm invalidates the stages that run it and nothing else."""
+
+    modules: tuple[str, ...] = ()
+
+    def compute_key(self, task_ctx, inputs, flow_parameters, **kwargs):
+        h = hashlib.sha256()
+        for name in self.modules:
+            mod = importlib.import_module(name)
+            files = sorted(Path(mod.__file__).parent.rglob("*.py")) if hasattr(mod, "__path__") else [Path(mod.__file__)]
+            for f in files:
+                h.update(f.read_bytes())
+        return h.hexdigest()[:16]
+
+
+def cached(*modules: str) -> CachePolicy:
+    return INPUTS + TASK_SOURCE + CodeVersion(modules=tuple(f"winnow.tasks.{m}" for m in modules))
+
+
+# ---------------------------------------------------------------- recipes
+
+
+def default_config(dataset: str, model: str, epochs: int | None = None, seed: int = 0) -> TrainConfig:
+    """The training recipe per data set: small data needs more epochs and smaller batches."""
+    if dataset in ("digits",) or dataset.endswith(".parquet"):
+        cfg = TrainConfig(epochs=20, batch_size=64, lr=0.05)
+    elif dataset == "anomaly":
+        cfg = TrainConfig(epochs=15, batch_size=64, lr=0.02)
+    else:
+        cfg = TrainConfig(epochs=10, batch_size=128, lr=0.05)
+    return replace(cfg, seed=seed, epochs=epochs or cfg.epochs)
+
+
+# ---------------------------------------------------------------- ingest, validate, commit
+
+
+def source_fingerprint(dataset: str, path: str | None) -> str:
+    """Cheap identity of the source's bytes on disk (size + mtime), part of ingest's cache key."""
+    if not path and dataset != "fashion-mnist":
+        return dataset
+    from .data.sources import FASHION_MNIST_DIR
+
+    p = Path(path) if path else FASHION_MNIST_DIR
+    files = sorted(p.rglob("*")) if p.is_dir() else [p]
+    return artifacts.key_of([(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()])
+
+
+@task(name="ingest", cache_policy=cached("data"), persist_result=True)
+def ingest(dataset: str, path: str | None, limit: int | None, fingerprint: str) -> str:
+    """Load a source into a staged batch; returns its batch id (content hash)."""
+    ds = load_source(dataset, path, limit)
+    batch_id = batches.stage(ds)
+    get_run_logger().info("ingested %s: %d samples (%d train), batch %s", ds.name, len(ds),
+                          int((ds.split == "train").sum()), batch_id)
+    return batch_id
+
+
+@task(name="validate", cache_policy=cached("validation"), persist_result=True)
+def validate(batch_id: str, class_count: int | None = None) -> dict:
+    """Great Expectations batch suite; raises ValidationFailed (one line per failure)."""
+    report = validate_batch(batches.load_staged(batch_id), class_count)
+    get_run_logger().info("batch %s passed %d expectations", batch_id, len(report.results))
+    return {"suite": report.suite, "checks": len(report.results), "markdown": report.markdown()}
+
+
+@task(name="commit", cache_policy=NO_CACHE)
+def commit(batch_id: str) -> str:
+    batches.commit(batch_id)
+    return batch_id
+
+
+# ---------------------------------------------------------------- noise
+
+
+def _train_split(ds: Dataset) -> Dataset:
+    return ds.subset(ds.split == "train")
+
+
+def clean_model_probs(x: np.ndarray, y: np.ndarray, num_classes: int, seed: int) -> np.ndarray:
+    """Out-of-sample probabilities from a cross-fitted logistic regression on the clean labels
+    (instance-dependent noise needs to know how confusable each sample is)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_predict
+
+    flat = x.reshape(len(x), -1)
+    clf = LogisticRegression(max_iter=300, C=1.0)
+    return cross_val_predict(clf, flat, y, cv=3, method="predict_proba")
+
+
+@task(name="inject-noise", cache_policy=cached("data"), persist_result=True)
+def inject_noise(batch_id: str, kind: str, rate: float, seed: int) -> str:
+    """Noise the train split; the ground truth goes to an artifact (and later the lake)."""
+    key = artifacts.key_of("noise", batch_id, kind, rate, seed)
+    train = _train_split(batches.load_committed(batch_id))
+    y, k = train.label, train.num_classes
+    if kind == "none":
+        noisy = y.copy()
+    elif kind == "symmetric":
+        noisy = noise_lib.symmetric(y, k, rate, seed)
+    elif kind == "class-pair":
+        noisy = noise_lib.class_pair(y, k, rate, seed, noise_lib.confusable_partners(train.x, y, k))
+    elif kind == "instance-dependent":
+        noisy = noise_lib.instance_dependent(y, k, rate, seed, clean_model_probs(train.x, y, k, seed))
+    else:
+        raise ValueError(f"unknown noise kind {kind!r}; choose one of {noise_lib.NOISE_KINDS}")
+    artifacts.save_frame("noise", key, pd.DataFrame({
+        "sample_id": train.sample_id.astype(str), "original_label": y, "noisy_label": noisy,
+        "is_flipped": noisy != y,
+    }))
+    get_run_logger().info("%s noise at %.0f%%: %d of %d train labels flipped", kind, rate * 100,
+                          int((noisy != y).sum()), len(y))
+    return key
+
+
+# ---------------------------------------------------------------- training
+
+
+@dataclass
+class AuditData:
+    """A batch's train split with its noisy labels, plus the clean test split."""
+
+    train: Dataset
+    noisy: np.ndarray
+    flipped: np.ndarray
+    test: Dataset
+
+
+def load_audit_data(batch_id: str, noise_key: str) -> AuditData:
+    ds = batches.load_committed(batch_id)
+    train, test = _train_split(ds), ds.subset(ds.split == "test")
+    nz = artifacts.load_frame("noise", noise_key).set_index("sample_id").loc[train.sample_id.astype(str)]
+    return AuditData(train, nz["noisy_label"].to_numpy(np.int64), nz["is_flipped"].to_numpy(bool), test)
+
+
+def model_factory(kind: str, shape: tuple[int, ...], num_classes: int):
+    return lambda: build_model(kind, shape, num_classes)
+
+
+@task(name="train", cache_policy=cached("models"), persist_result=True)
+def train(batch_id: str, noise_key: str, model: str, config: dict) -> str:
+    """Train on the noisy labels, keeping a checkpoint per epoch; returns the training key."""
+    key = artifacts.key_of("train", batch_id, noise_key, model, config)
+    data = load_audit_data(batch_id, noise_key)
+    cfg = TrainConfig(**config)
+    log = get_run_logger()
+    t0 = time.perf_counter()
+    ctx = _context(data, model, cfg, [])
+    result = ctx.train(on_epoch=lambda e, l: log.info("train %s epoch %d/%d loss %.4f", model, e, cfg.epochs, l))
+    meta = {
+        "batch_id": batch_id, "noise_key": noise_key, "model": model, "config": config,
+        "shape": list(data.train.sample_shape), "num_classes": data.train.num_classes,
+        "test_accuracy": accuracy(result.model, data.test.x, data.test.label),
+        "train_loss": result.train_loss, "seconds": time.perf_counter() - t0,
+    }
+    artifacts.save_torch("checkpoints", key, [c.__dict__ for c in result.checkpoints])
+    artifacts.save_json("train", key, meta)
+    log.info("noisy-label model: test accuracy %.4f", meta["test_accuracy"])
+    return key
+
+
+def _context(data: AuditData, model: str, cfg: TrainConfig, checkpoints, seed: int | None = None) -> TrainingContext:
+    return TrainingContext(
+        torch.as_tensor(data.train.x), torch.as_tensor(data.noisy), data.train.num_classes,
+        model_factory(model, data.train.sample_shape, data.train.num_classes), checkpoints, cfg,
+        data.train.sample_id, seed=cfg.seed if seed is None else seed,
+    )
+
+
+def load_context(train_key: str) -> tuple[TrainingContext, AuditData, dict]:
+    """Rebuild the scorer context of a training run from its artifacts."""
+    from .models.training import Checkpoint
+
+    meta = artifacts.load_json("train", train_key)
+    data = load_audit_data(meta["batch_id"], meta["noise_key"])
+    checkpoints = [Checkpoint(**c) for c in artifacts.load_torch("checkpoints", train_key)]
+    return _context(data, meta["model"], TrainConfig(**meta["config"]), checkpoints), data, meta
+
+
+# ---------------------------------------------------------------- scoring
+
+
+@task(name="out-of-sample", cache_policy=cached("models", "scorers.base"), persist_result=True)
+def out_of_sample(train_key: str, folds: int = 4) -> str:
+    """K-fold out-of-sample probabilities (shared by confident learning and the k estimate)."""
+    ctx, _, _ = load_context(train_key)
+    ctx.kfold = folds
+    artifacts.save_torch("oos", train_key, torch.as_tensor(ctx.out_of_sample_probs()))
+    return train_key
+
+
+def _with_oos(ctx: TrainingContext, oos_key: str | None) -> TrainingContext:
+    if oos_key:
+        ctx._cache["oos_probs"] = artifacts.load_torch("oos", oos_key).numpy()
+    return ctx
+
+
+@task(name="score", cache_policy=cached("scorers", "models"), persist_result=True,
+      task_run_name="score-{scorer}")
+def score(train_key: str, scorer: str, oos_key: str | None = None) -> str:
+    """Run one registered scorer; returns the key of its score table."""
+    ctx, data, _ = load_context(train_key)
+    _with_oos(ctx, oos_key)
+    t0 = time.perf_counter()
+    values = get_scorer(scorer)(ctx)
+    seconds = time.perf_counter() - t0
+    key = artifacts.key_of("score", train_key, scorer)
+    artifacts.save_frame("scores", key, pd.DataFrame({
+        "sample_id": data.train.sample_id.astype(str), "score": values}))
+    artifacts.save_json("scores", key, {"scorer": scorer, "seconds": seconds})
+    get_run_logger().info("scorer %s: %d samples in %.1fs", scorer, len(values), seconds)
+    return key
+
+
+@task(name="estimate-k", cache_policy=cached("scorers.confident"), persist_result=True)
+def estimate_k(oos_key: str, train_key: str) -> int:
+    """Confident learning's estimate of how many training labels are wrong."""
+    ctx, _, _ = load_context(train_key)
+    probs = artifacts.load_torch("oos", oos_key).numpy()
+    return estimate_noise_count(ctx.y.numpy(), probs)
+
+
+# ---------------------------------------------------------------- prune, retrain, oracle
+
+
+@task(name="retrain", cache_policy=cached("models"), persist_result=True,
+      task_run_name="retrain-{label}")
+def retrain(train_key: str, label: str, score_key: str | None, k: int, clean: bool = False) -> dict:
+    """Drop the top-``k`` of a score table (or nothing) and retrain the same recipe.
+
+    ``clean=True`` trains on the original labels (the oracle); ``score_key=None`` with ``k=0`` is
+    the noisy model retrained as-is.
+    """
+    ctx, data, meta = load_context(train_key)
+    keep = np.ones(ctx.n, dtype=bool)
+    if score_key is not None and k > 0:
+        scores = artifacts.load_frame("scores", score_key)["score"].to_numpy()
+        keep[np.argsort(-scores, kind="stable")[:k]] = False
+    y = data.train.label if clean else data.noisy
+    result = ctx.train(ctx.x[keep], torch.as_tensor(y[keep]), keep_checkpoints=False)
+    acc = accuracy(result.model, data.test.x, data.test.label)
+    removed_flipped = int(data.flipped[~keep].sum())
+    get_run_logger().info("%s: removed %d (%d truly flipped), test accuracy %.4f", label, int((~keep).sum()),
+                          removed_flipped, acc)
+    state = {k_: v.detach().cpu() for k_, v in result.model.state_dict().items()}
+    artifacts.save_torch("models", artifacts.key_of("retrain", train_key, label, score_key, k, clean), state)
+    return {"label": label, "test_accuracy": acc, "removed": int((~keep).sum()),
+            "removed_flipped": removed_flipped, "model_key": artifacts.key_of("retrain", train_key, label, score_key, k, clean)}
+
+
+def test_logits(train_key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Final noisy model's logits on the test split (for reports)."""
+    ctx, data, _ = load_context(train_key)
+    return predict_logits(ctx.model_at(-1), data.test.x).numpy(), data.test.label
