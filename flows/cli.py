@@ -71,6 +71,9 @@ def _print_frame(df, fmt: str, title: str | None = None) -> None:
 def cmd_run(args) -> int:
     import os
 
+    from winnow.tasks.scorers import parse_scorer_list
+
+    parse_scorer_list(args.scorers)  # fail before a Prefect server is started for nothing
     if args.refresh:
         os.environ["PREFECT_TASKS_REFRESH_CACHE"] = "true"
     from winnow.flows.audit import audit
