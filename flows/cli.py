@@ -48,10 +48,26 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument("--format", choices=["table", "csv", "json"], default="table")
 
     sub.add_parser("scorers", help="list the registered scorers", description="List the registered scorers.")
+    for module in _plugin_modules():
+        COMMANDS.update(module.add_commands(sub))
     return parser
 
 
-def _print_frame(df, fmt: str, title: str | None = None) -> None:
+# Flow modules that bring their own subcommands: each defines ``add_commands(subparsers)``
+# returning {name: handler(args) -> exit code}. Listed here, in one place.
+PLUGINS = ("winnow.flows.benchmark", "winnow.flows.operate", "winnow.flows.explain")
+
+
+def _plugin_modules():
+    import importlib
+    import importlib.util
+
+    for name in PLUGINS:
+        if importlib.util.find_spec(name) is not None:
+            yield importlib.import_module(name)
+
+
+def print_frame(df, fmt: str, title: str | None = None) -> None:
     if fmt == "csv":
         sys.stdout.write(df.to_csv(index=False))
     elif fmt == "json":
@@ -84,14 +100,14 @@ def cmd_run(args) -> int:
     table = table.rename(columns={"auroc": "AUROC", "ap": "AP", "precision_at_k": "P@k", "recall_at_k": "R@k",
                                   "pruned_accuracy": "acc. after pruning", "seconds": "score s"})
     if args.format == "table":
-        _print_frame(table, "table", title=f"winnow audit · k = {result.k} ({result.k_source})")
+        print_frame(table, "table", title=f"winnow audit · k = {result.k} ({result.k_source})")
         print(f"test accuracy: noisy {result.accuracy['noisy']:.4f} · oracle {result.accuracy['oracle']:.4f}")
         cached = [s["name"] for s in result.stages if s["cached"]]
         print(f"stages served from cache: {', '.join(cached) if cached else 'none'}")
         print(f"lake run_id: {result.run_id}")
         print(f"MLflow run id: {result.mlflow_run_id}")
     else:
-        _print_frame(table.assign(mlflow_run_id=result.mlflow_run_id, run_id=result.run_id), args.format)
+        print_frame(table.assign(mlflow_run_id=result.mlflow_run_id, run_id=result.run_id), args.format)
     return 0
 
 
@@ -103,7 +119,7 @@ def cmd_sql(args) -> int:
     except Exception as exc:  # duckdb raises its own error types; show the one line that matters
         print(f"winnow sql: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
-    _print_frame(df, args.format)
+    print_frame(df, args.format)
     return 0
 
 
@@ -121,8 +137,8 @@ COMMANDS = {"run": cmd_run, "sql": cmd_sql, "scorers": cmd_scorers}
 def main(argv: list[str] | None = None) -> int:
     from winnow.tasks.settings import configure_environment
 
-    args = build_parser().parse_args(argv)
     configure_environment()
+    args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
     except (ValueError, FileNotFoundError) as exc:
