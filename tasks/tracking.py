@@ -24,6 +24,25 @@ def _mlflow():
     return mlflow
 
 
+def use_experiment(name: str = EXPERIMENT):
+    """Select (creating if needed) an experiment whose artifacts live under WINNOW_HOME.
+
+    With a sqlite store MLflow would otherwise put artifacts in ``./mlruns`` of whatever the
+    current directory is; pinning the location keeps a run's files beside its metadata.
+    """
+    mlflow = _mlflow()
+    if mlflow.get_experiment_by_name(name) is None:
+        root = (paths().home / "mlartifacts").resolve()
+        root.mkdir(parents=True, exist_ok=True)
+        try:
+            mlflow.create_experiment(name, artifact_location=root.as_uri())
+        except Exception:  # created concurrently by another process: fine, select it below
+            if mlflow.get_experiment_by_name(name) is None:
+                raise
+    mlflow.set_experiment(name)
+    return mlflow
+
+
 def _finite(metrics: dict) -> dict:
     return {k: float(v) for k, v in metrics.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
@@ -37,8 +56,7 @@ def log_audit(run_name: str, params: dict, stages: list[dict], scorer_metrics: d
 
     Returns the parent run id.
     """
-    mlflow = _mlflow()
-    mlflow.set_experiment(experiment)
+    mlflow = use_experiment(experiment)
     with mlflow.start_run(run_name=run_name, tags=tags or {}) as parent:
         mlflow.log_params({k: str(v) for k, v in params.items()})
         for stage in stages:
