@@ -166,41 +166,44 @@ def latent_counterfactual(classifier: nn.Module, vae, x: torch.Tensor, target: t
             if logits.ndim != 2 or int(target.max()) >= logits.shape[1]:
                 raise ValueError(f"target class {int(target.max())} out of range for logits {tuple(logits.shape)}")
 
-        def reached(lg: torch.Tensor) -> torch.Tensor:
-            ok = lg.argmax(1) == target
+        def reached(lg: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+            ok = lg.argmax(1) == tgt
             if min_prob is not None:
-                ok &= F.softmax(lg, 1).gather(1, target[:, None]).squeeze(1) >= min_prob
+                ok &= F.softmax(lg, 1).gather(1, tgt[:, None]).squeeze(1) >= min_prob
             return ok
 
-        done = reached(logits)
+        done = reached(logits, target)
         iterations = torch.zeros(len(x), dtype=torch.long, device=x.device)
         delta = torch.zeros_like(z, requires_grad=True)
-        final = torch.zeros_like(z)
         opt = torch.optim.Adam([delta], lr=lr)
-        for it in range(1, max_iter + 1):
-            if bool(done.all()):
+        for it in range(max_iter + 1):
+            active = torch.nonzero(~done).flatten()
+            if len(active) == 0:
                 break
-            lg = classifier(vae.decode(z + delta))
-            ce = F.cross_entropy(lg, target, reduction="none")
+            # Only unfinished samples are decoded and classified: finished ones cost nothing.
+            lg = classifier(vae.decode(z[active] + delta[active]))
+            now = reached(lg.detach(), target[active])
+            done[active[now]] = True
+            if it == max_iter or bool(now.all()):
+                break
+            keep = ~now
+            ce = F.cross_entropy(lg[keep], target[active[keep]], reduction="none")
             # sqrt(|d|^2 + tiny): ||.||_2 has no gradient at the starting point delta = 0.
-            norm = torch.sqrt(delta.pow(2).sum(1) + 1e-12)
-            loss = ((ce + beta * norm) * (~done)).sum()
+            norm = torch.sqrt(delta[active[keep]].pow(2).sum(1) + 1e-12)
+            loss = (ce + beta * norm).sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            frozen = delta.detach()[done].clone()
             opt.step()
             with torch.no_grad():
                 # Adam's momentum would keep moving finished samples; pin them to their solution.
-                delta[done] = final[done]
-                now = reached(classifier(vae.decode(z + delta))) & ~done
-                final[now] = delta[now]
-                iterations[now] = it
-                iterations[~done & ~now] = it
-                done |= now
+                delta[done] = frozen
+                iterations[active[keep]] = it + 1
         with torch.no_grad():
-            d = torch.where(done[:, None], final, delta.detach())
+            d = delta.detach().clone()
             x_cf = vae.decode(z + d)
             lg = classifier(x_cf)
-            success = reached(lg)
+            success = reached(lg, target)
             prob = F.softmax(lg, 1).gather(1, target[:, None]).squeeze(1)
     finally:
         for m, was in modes:
