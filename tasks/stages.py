@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import inspect
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,25 +33,59 @@ from .scorers.confident import estimate_noise_count
 from .validation import validate_batch
 
 
+def _module_files(name: str) -> list[Path]:
+    mod = importlib.import_module(name)
+    return sorted(Path(mod.__file__).parent.rglob("*.py")) if hasattr(mod, "__path__") else [Path(mod.__file__)]
+
+
+def _winnow_dependencies(module_name: str) -> list[str]:
+    """The winnow modules a module uses, transitively (found from what its globals come from)."""
+    seen: list[str] = []
+    todo = [module_name]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.append(name)
+        mod = sys.modules.get(name) or importlib.import_module(name)
+        for value in vars(mod).values():
+            owner = value.__name__ if inspect.ismodule(value) else getattr(value, "__module__", None)
+            if isinstance(owner, str) and owner.startswith("winnow.tasks.") and owner not in seen:
+                todo.append(owner)
+    return sorted(seen)
+
+
 @dataclass
 class CodeVersion(CachePolicy):
     """Cache key part: the source of the named winnow modules (packages: every file in them),
-    so editing an algorithm invalidates the stages that run it and nothing else."""
+    so editing an algorithm invalidates the stages that run it and nothing else.
+
+    ``scorer_input`` names a task input holding a scorer name: then the key covers that scorer's
+    module and the winnow modules it uses, so editing one scorer re-runs only that scorer.
+    """
 
     modules: tuple[str, ...] = ()
+    scorer_input: str | None = None
 
     def compute_key(self, task_ctx, inputs, flow_parameters, **kwargs):
+        names = list(self.modules)
+        if self.scorer_input and inputs and self.scorer_input in inputs:
+            from .scorers.base import scorer_class
+
+            module = scorer_class(inputs[self.scorer_input]).__module__
+            names += _winnow_dependencies(module)
+            if "get_scorer" in vars(sys.modules[module]):  # it composes other scorers: cover them all
+                names.append("winnow.tasks.scorers")
         h = hashlib.sha256()
-        for name in self.modules:
-            mod = importlib.import_module(name)
-            files = sorted(Path(mod.__file__).parent.rglob("*.py")) if hasattr(mod, "__path__") else [Path(mod.__file__)]
-            for f in files:
+        for name in sorted(set(names)):
+            for f in _module_files(name):
                 h.update(f.read_bytes())
         return h.hexdigest()[:16]
 
 
-def cached(*modules: str) -> CachePolicy:
-    return INPUTS + TASK_SOURCE + CodeVersion(modules=tuple(f"winnow.tasks.{m}" for m in modules))
+def cached(*modules: str, scorer_input: str | None = None) -> CachePolicy:
+    return INPUTS + TASK_SOURCE + CodeVersion(modules=tuple(f"winnow.tasks.{m}" for m in modules),
+                                              scorer_input=scorer_input)
 
 
 # ---------------------------------------------------------------- recipes
@@ -161,7 +197,7 @@ class AuditData:
 
 
 def load_audit_data(batch_id: str, noise_key: str) -> AuditData:
-    ds = batches.load_committed(batch_id)
+    ds = batches.load_training_set(batch_id)  # a committed batch, or a pool of them (operate flow)
     train, test = _train_split(ds), ds.subset(ds.split == "test")
     nz = artifacts.load_frame("noise", noise_key).set_index("sample_id").loc[train.sample_id.astype(str)]
     return AuditData(train, nz["noisy_label"].to_numpy(np.int64), nz["is_flipped"].to_numpy(bool), test)
@@ -229,7 +265,7 @@ def _with_oos(ctx: TrainingContext, oos_key: str | None) -> TrainingContext:
     return ctx
 
 
-@task(name="score", cache_policy=cached("scorers", "models"), persist_result=True,
+@task(name="score", cache_policy=cached("scorers.base", "models", scorer_input="scorer"), persist_result=True,
       task_run_name="score-{scorer}")
 def score(train_key: str, scorer: str, oos_key: str | None = None) -> str:
     """Run one registered scorer; returns the key of its score table."""

@@ -153,10 +153,14 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_scorer(name: str, **options) -> Scorer:
+def scorer_class(name: str) -> type[Scorer]:
     if name not in _REGISTRY:
         raise ValueError(f"unknown scorer {name!r}; available: {', '.join(available())}")
-    return _REGISTRY[name](**options)
+    return _REGISTRY[name]
+
+
+def get_scorer(name: str, **options) -> Scorer:
+    return scorer_class(name)(**options)
 
 
 def parse_scorer_list(spec: str | list[str]) -> list[str]:
