@@ -84,6 +84,26 @@ def commit(batch_id: str) -> Path:
     return dest
 
 
+def pool_path(pool_id: str) -> Path:
+    return paths().artifacts / "pools" / f"{pool_id}.parquet"
+
+
+def stage_pool(ds: Dataset) -> str:
+    """Write a training pool (a union of committed batches, assembled by the operate flow) to the
+    artifacts and return its id (content hash). Pools never enter the lake's ``samples`` table."""
+    pool_id = ds.content_hash()
+    dest = pool_path(pool_id)
+    if not dest.exists():
+        lake.atomic_write_parquet(to_table(ds, pool_id), dest)
+    return pool_id
+
+
+def load_training_set(batch_id: str) -> Dataset:
+    """A committed batch, or a pool staged by :func:`stage_pool` (what the training stages read)."""
+    p = pool_path(batch_id)
+    return from_table(pq.read_table(p)) if p.exists() else load_committed(batch_id)
+
+
 def load_committed(batch_id: str) -> Dataset:
     p = lake.part_path("samples", batch_id)
     if not p.exists():
