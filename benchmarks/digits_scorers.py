@@ -38,9 +38,9 @@ DEFAULT_SCORERS = [
     "turnover", "turnover:variant=heldout", "turnover:layers=all",
     "aum", "margin", "forgetting",
     "ensemble", "ensemble:rounds=2",
-    "ensemble:members=loss-mean+aum",
-    "ensemble:members=loss-mean+aum+confident+turnover",
-    "ensemble:members=aum+confident+representer",
+    "ensemble:members=representer+margin+confident",
+    "ensemble:members=loss-mean+aum+confident",
+    "ensemble:members=loss-mean+aum+confident:rounds=2",
 ]
 
 

@@ -20,7 +20,11 @@ from scipy.stats import rankdata
 
 from .base import Scorer, TrainingContext, get_scorer, parse_scorer_list, register
 
-DEFAULT_MEMBERS = ("loss-mean", "aum", "confident")
+# Chosen by measurement (benchmarks/digits_scorers.py; digits, 20% flips, MLP + CNN, symmetric +
+# class-pair, 3 seeds): mean AUROC over the four settings 0.983 for representer+margin, 0.982 for
+# representer+margin+confident, 0.979 for representer+aum+confident, 0.967 for
+# loss-mean+aum+confident. It is also the cheapest: neither member trains another model.
+DEFAULT_MEMBERS = ("representer", "margin")
 
 
 def rank_average(score_arrays) -> np.ndarray:
@@ -118,11 +122,11 @@ def iterative_scores(ctx: TrainingContext, members: list[str], rounds: int, drop
 
 @register
 class Ensemble(Scorer):
-    """Options: ``members`` (comma list, default ``loss-mean,aum,confident``), ``rounds`` (default
+    """Options: ``members`` (comma list, default ``representer,margin``), ``rounds`` (default
     1: plain rank average) and ``drop`` (fraction flagged per round, default 0.1)."""
 
     name = "ensemble"
-    summary = "rank average of member scorers (default loss-mean,aum,confident); rounds>1 drops, retrains, rescores"
+    summary = "rank average of member scorers (default representer,margin); rounds>1 drops, retrains, rescores"
 
     def score(self, ctx: TrainingContext) -> np.ndarray:
         members = parse_members(self.options.get("members", ",".join(DEFAULT_MEMBERS)))

@@ -42,6 +42,8 @@ def _as_labels(labels, n: int, num_classes: int | None) -> tuple[np.ndarray, int
     labels = np.asarray(labels)
     if labels.shape != (n,):
         raise ValueError(f"labels must have shape ({n},), got {labels.shape}")
+    if n == 0:
+        raise ValueError("labels is empty")
     if not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
     c = int(labels.max()) + 1 if num_classes is None else int(num_classes)
@@ -112,9 +114,9 @@ def fit_last_layer(features, labels, lam: float, num_classes: int | None = None,
         ``iterations``, ``converged``.
     """
     f = _as_f64(features, "features", 2)
-    labels, c = _as_labels(labels, len(f), num_classes)
     if len(f) == 0:
         raise ValueError("features is empty")
+    labels, c = _as_labels(labels, len(f), num_classes)
     if not (np.isfinite(lam) and lam > 0):
         raise ValueError(f"lam must be a positive finite number, got {lam}")
     if init is None:
@@ -152,9 +154,9 @@ def representer_values(features, labels, theta, lam: float) -> np.ndarray:
     theta = _as_f64(theta, "theta", 2)
     if theta.shape[0] != f.shape[1]:
         raise ValueError(f"theta has {theta.shape[0]} rows but features have {f.shape[1]} columns")
-    labels, c = _as_labels(labels, len(f), theta.shape[1])
     if len(f) == 0:
         raise ValueError("features is empty")
+    labels, c = _as_labels(labels, len(f), theta.shape[1])
     if not (np.isfinite(lam) and lam > 0):
         raise ValueError(f"lam must be a positive finite number, got {lam}")
     p = _softmax(f @ theta)
@@ -251,9 +253,11 @@ class Representer(Scorer):
     """Options: ``lam`` (λ, default 1e-3) and ``variant`` (``alpha`` or ``self``, see
     :func:`self_importance`).
 
-    Why λ = 1e-3 and not the head's own weight decay / 2 (2.5e-4 for the default recipe): on
-    digits AUROC was flat (within 0.001) for λ in [1e-4, 1e-2], while L-BFGS needed ~150
-    iterations at 1e-3 against ~300-500 at 1e-4..2.5e-4; a smaller λ only slows the refit.
+    Why λ = 1e-3 (measured on digits, 20% flips, MLP and CNN, 3 seeds): with symmetric noise
+    AUROC is flat (within 0.001) over λ in [1e-4, 1e-2]; with class-pair noise 1e-2 loses
+    ≈ 0.006 (0.965 / 0.972 against 0.972 / 0.977 at 1e-3) while 1e-4 gains ≤ 0.004 but needs
+    3-4× the L-BFGS iterations (~500 against ~150). The head's own weight decay / 2 (2.5e-4 for
+    the default recipe) sits in between and is not otherwise special for ranking.
     """
 
     name = "representer"
