@@ -1,0 +1,204 @@
+"""The review queue: flagged samples waiting for a person, their decisions, and the accepted data
+those decisions define.
+
+The queue is the lake table ``review_queue`` (one part, ``queue.parquet``, rewritten atomically
+under a file lock so two flows and a reviewer never lose each other's rows). Columns:
+
+sample_id, batch_id, run_id, given_label, suggested_label, given_class, suggested_class, score
+(the primary scorer's), scores and ranks (JSON: scorer -> value), status (pending | accepted |
+relabelled | dropped), new_label (-1 unless relabelled), created_at, decided_at.
+
+Accepted data = every committed batch of a stream, minus the samples a reviewer dropped, with
+their relabels applied. Pending samples stay in (a flag is a question, not a verdict).
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from . import batches, lake
+from .data.dataset import Dataset
+
+TABLE = "review_queue"
+PART = "queue"
+COLUMNS = ["sample_id", "batch_id", "run_id", "given_label", "suggested_label", "given_class", "suggested_class",
+           "score", "scores", "ranks", "status", "new_label", "created_at", "decided_at"]
+ACTIONS = {"accept": "accepted", "relabel": "relabelled", "drop": "dropped", "pending": "pending"}
+
+
+# ---------------------------------------------------------------- pure
+
+
+def empty_queue() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype="int64" if c in ("given_label", "suggested_label", "new_label")
+                                      else "float64" if c == "score" else object) for c in COLUMNS})
+
+
+def merge_new(queue: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
+    """Append flagged rows whose sample is not queued yet (a decided sample is not asked again)."""
+    fresh = rows[~rows["sample_id"].isin(queue["sample_id"])]
+    if fresh.empty:
+        return queue
+    return pd.concat([queue, fresh[COLUMNS]], ignore_index=True) if len(queue) else fresh[COLUMNS].reset_index(drop=True)
+
+
+def apply_action(queue: pd.DataFrame, ids: list[str], action: str, label: int | None = None,
+                 now: str = "") -> pd.DataFrame:
+    """Record one decision for ``ids``; raises ``ValueError`` naming unknown ids or a bad action."""
+    if action not in ACTIONS:
+        raise ValueError(f"unknown review action {action!r}; choose one of {sorted(ACTIONS)}")
+    if action == "relabel" and label is None:
+        raise ValueError("relabel needs --to LABEL")
+    missing = sorted(set(ids) - set(queue["sample_id"]))
+    if missing:
+        raise ValueError(f"not in the review queue: {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""))
+    out = queue.copy()
+    hit = out["sample_id"].isin(ids)
+    out.loc[hit, "status"] = ACTIONS[action]
+    out.loc[hit, "new_label"] = int(label) if action == "relabel" else -1
+    out.loc[hit, "decided_at"] = now if action != "pending" else ""
+    return out
+
+
+def apply_decisions(ds: Dataset, queue: pd.DataFrame) -> Dataset:
+    """The accepted view of ``ds``: dropped samples removed, relabelled ones relabelled."""
+    if queue.empty:
+        return ds
+    decided = queue.set_index("sample_id")
+    status = decided["status"].reindex(ds.sample_id).fillna("").to_numpy()
+    new_label = decided["new_label"].reindex(ds.sample_id).fillna(-1).to_numpy(np.int64)
+    labels = np.where(status == "relabelled", new_label, ds.label)
+    out = Dataset(ds.name, ds.sample_id, ds.x, labels, ds.split, ds.class_names, ds.value_range, dict(ds.meta))
+    return out.subset(status != "dropped")
+
+
+def concat(parts: list[Dataset], name: str) -> Dataset:
+    """One dataset from batches of the same stream (same shape and classes; the gate checks it)."""
+    first = parts[0]
+    class_names = max((p.class_names for p in parts), key=len)
+    return Dataset(name, np.concatenate([p.sample_id for p in parts]), np.concatenate([p.x for p in parts]),
+                   np.concatenate([p.label for p in parts]), np.concatenate([p.split for p in parts]),
+                   list(class_names), first.value_range)
+
+
+def read_decision_csv(path: Path) -> list[tuple[str, str, int | None]]:
+    """Rows ``(sample_id, action, new_label)`` from an edited export (``decision`` column:
+    accept / relabel / drop / pending; blank rows are skipped)."""
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: file not found") from None
+    for col in ("sample_id", "decision"):
+        if col not in table.columns:
+            raise ValueError(f"{path}: no '{col}' column (found {list(table.columns)})")
+    out = []
+    for i, row in table.iterrows():
+        action = row["decision"].strip().lower()
+        if not action:
+            continue
+        if action not in ACTIONS:
+            raise ValueError(f"{path}: row {i + 2}: decision {action!r} is not one of {sorted(ACTIONS)}")
+        label = row.get("new_label", "").strip()
+        if action == "relabel" and not label.lstrip("-").isdigit():
+            raise ValueError(f"{path}: row {i + 2}: relabel needs an integer new_label, got {label!r}")
+        out.append((row["sample_id"], action, int(label) if action == "relabel" else None))
+    return out
+
+
+# ---------------------------------------------------------------- the lake edge
+
+
+def _queue_path() -> Path:
+    return lake.part_path(TABLE, PART)
+
+
+@contextmanager
+def _locked():
+    """An exclusive lock over the queue's read-modify-write (flows and reviewers share it)."""
+    lock = _queue_path().parent / ".lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def read_queue() -> pd.DataFrame:
+    p = _queue_path()
+    return pq.read_table(p).to_pandas() if p.exists() else empty_queue()
+
+
+def _write(queue: pd.DataFrame) -> None:
+    lake.replace(TABLE, queue[COLUMNS].reset_index(drop=True), part=PART)
+
+
+def enqueue(rows: pd.DataFrame) -> int:
+    """Add flagged samples to the queue; returns how many were new."""
+    with _locked():
+        queue = read_queue()
+        merged = merge_new(queue, rows)
+        if len(merged) != len(queue):
+            _write(merged)
+        return len(merged) - len(queue)
+
+
+def decide(ids: list[str], action: str, label: int | None = None) -> pd.DataFrame:
+    """Record a reviewer's decision; returns the updated rows."""
+    now = pd.Timestamp.now(tz="UTC").isoformat()
+    with _locked():
+        queue = apply_action(read_queue(), ids, action, label, now)
+        _write(queue)
+    return queue[queue["sample_id"].isin(ids)]
+
+
+def import_csv(path: Path) -> int:
+    """Apply every decision of an edited export; returns how many rows it set."""
+    rows = read_decision_csv(path)
+    now = pd.Timestamp.now(tz="UTC").isoformat()
+    with _locked():
+        queue = read_queue()
+        for sample_id, action, label in rows:
+            queue = apply_action(queue, [sample_id], action, label, now)
+        _write(queue)
+    return len(rows)
+
+
+def export_csv(path: Path, status: str | None = "pending") -> int:
+    """Write the queue (or one status) as a CSV with an empty ``decision`` column to fill in."""
+    queue = read_queue()
+    if status:
+        queue = queue[queue["status"] == status]
+    out = queue[["sample_id", "batch_id", "given_label", "suggested_label", "score", "status"]].assign(
+        decision="", new_label="")
+    out.to_csv(path, index=False)
+    return len(out)
+
+
+def committed_batches(stream: str) -> list[str]:
+    """Batch ids in ``lake/samples`` that belong to ``stream``, oldest first."""
+    folder = lake.paths().lake / "samples"
+    if not folder.exists():
+        return []
+    found = []
+    for part in folder.glob("*.parquet"):
+        meta = pq.read_schema(part).metadata or {}
+        if json.loads(meta.get(b"winnow", b"{}")).get("name") == stream:
+            found.append((part.stat().st_mtime_ns, part.stem))
+    return [b for _, b in sorted(found)]
+
+
+def accepted_data(stream: str, queue: pd.DataFrame | None = None) -> Dataset | None:
+    """Every committed batch of ``stream`` with the reviewers' decisions applied (None if none)."""
+    ids = committed_batches(stream)
+    if not ids:
+        return None
+    queue = read_queue() if queue is None else queue
+    return apply_decisions(concat([batches.load_committed(b) for b in ids], stream), queue)
