@@ -14,8 +14,9 @@ sample ``i`` contributes only its own term). Materialising one full gradient per
   (out × in·k) matrix per sample (one batched matmul) or by the Gram identity
   ``‖Σ_p g_p a_pᵀ‖² = Σ_{p,q} (a_p·a_q)(g_p·g_q)``, whichever costs fewer FLOPs for the layer
   (``_sum_outer_sq_norm``). For the nets in :mod:`winnow.tasks.models.nets` the materialised
-  form wins by 10×-100× (few positions × small kernels would favour Gram; e.g. CNN conv1:
-  784 positions, 9×32 weights).
+  form wins everywhere; measured on the Fashion-MNIST CNN (1,024 samples, one CPU thread):
+  conv1 (784 positions, 32×9 weights) 0.10 s vs 13.6 s for Gram, conv2 (196 positions, 64×288)
+  0.39 s vs 1.58 s. Gram only pays off with many channels and few positions.
 
 Both come from **one** batched forward pass (forward hooks record each layer's input and output)
 and **one** batched backward pass from the logits to the recorded outputs
@@ -464,6 +465,29 @@ def per_sample_grad_dots(
                 total = total + gb @ vb.to(gb).reshape(-1)
         out[idx.numpy()] = torch.as_tensor(total).double().cpu().numpy()
     return out
+
+
+def checkpoint_grad_sq_norms(ctx, layers: str = "all", batch_size: int = 256) -> np.ndarray:
+    """Per-sample squared gradient norms at every checkpoint of a TrainingContext, cached.
+
+    Computed once per ``layers`` and kept in ``ctx._cache`` so that every scorer built on them
+    (tracin, tracin-last, gradient-norm rankings) shares one pass per checkpoint.
+
+    Returns
+    -------
+    np.ndarray, shape (T, n), float64 (do not modify: it is the cached copy)
+    """
+    if layers not in LAYER_CHOICES:
+        raise ValueError(f"layers must be one of {LAYER_CHOICES}, got {layers!r}")
+    if not ctx.checkpoints:
+        raise ValueError("per-checkpoint gradient norms need the training checkpoints, and the context has none")
+    key = ("per_sample_grad_sq_norms", layers)
+    if key not in ctx._cache:
+        ctx._cache[key] = np.stack([
+            per_sample_grad_sq_norms(ctx.model_at(t), ctx.x, ctx.y, layers=layers, batch_size=batch_size)
+            for t in range(len(ctx.checkpoints))
+        ])
+    return ctx._cache[key]
 
 
 # --------------------------------------------------------------------------------------------
