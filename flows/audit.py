@@ -57,8 +57,12 @@ class _Stages:
 def audit(dataset: str = "digits", path: str | None = None, limit: int | None = None,
           noise: str = "symmetric", rate: float = 0.2, seed: int = 0, model: str = "mlp",
           scorers: str = "loss,confident,random", prune_k: int | None = None,
-          epochs: int | None = None) -> AuditResult:
-    """Inject noise, train, score, prune, retrain, measure — every stage cached."""
+          epochs: int | None = None, explain_top: int = 0) -> AuditResult:
+    """Inject noise, train, score, prune, retrain, measure — every stage cached.
+
+    ``explain_top > 0`` then runs the explain flow (:mod:`winnow.flows.explain`) on the top
+    ``explain_top`` samples of the first scorer.
+    """
     log = get_run_logger()
     names = parse_scorer_list(scorers)
     if not 0 <= rate < 1:
@@ -124,6 +128,10 @@ def audit(dataset: str = "digits", path: str | None = None, limit: int | None = 
     create_markdown_artifact(key="audit-summary", markdown=summary_md + f"\n\nMLflow run: `{mlflow_run_id}`",
                              description=f"winnow audit {train_key}")
     run.records.append({"name": "publish", "cached": False, "seconds": round(time.perf_counter() - t0, 3)})
+    if explain_top > 0:  # after publishing: explain resolves the run through the lake's `runs` table
+        from winnow.flows.explain import explain
+
+        run("explain", explain, mlflow_run_id, top=explain_top, scorer=names[0])
     return AuditResult(train_key, mlflow_run_id, flow_run_id, params, rows, accuracy, k, k_source, run.records)
 
 

@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--prune-k", type=int, help="how many to prune (default: confident learning's noise estimate)")
     run.add_argument("--epochs", type=_positive_int, help="override the recipe's epoch count")
     run.add_argument("--refresh", action="store_true", help="ignore cached stage results and recompute")
+    run.add_argument("--explain", type=_positive_int, default=0, metavar="N",
+                     help="then explain the top N flagged samples of the first scorer (see `winnow explain`)")
     run.add_argument("--format", choices=["table", "csv", "json"], default="table")
 
     sql = sub.add_parser("sql", help="query the lake with DuckDB SQL",
@@ -95,7 +97,8 @@ def cmd_run(args) -> int:
     from winnow.flows.audit import audit
 
     result = audit(dataset=args.dataset, path=args.path, limit=args.limit, noise=args.noise, rate=args.rate,
-                   seed=args.seed, model=args.model, scorers=args.scorers, prune_k=args.prune_k, epochs=args.epochs)
+                   seed=args.seed, model=args.model, scorers=args.scorers, prune_k=args.prune_k, epochs=args.epochs,
+                   explain_top=args.explain)
     table = result.table()[["scorer", "auroc", "ap", "precision_at_k", "recall_at_k", "pruned_accuracy", "seconds"]]
     table = table.rename(columns={"auroc": "AUROC", "ap": "AP", "precision_at_k": "P@k", "recall_at_k": "R@k",
                                   "pruned_accuracy": "acc. after pruning", "seconds": "score s"})
