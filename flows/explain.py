@@ -326,7 +326,7 @@ def _log_mlflow(run_id: str, info: dict, scorer: str, baseline: str, top: int, r
             experiment_id = mlflow.get_run(audit_run).info.experiment_id
         except Exception:  # the audit's MLflow store may be elsewhere; the default experiment will do
             experiment_id = None
-    metrics = _finite({f"{r.check}.{r.name}": r.value for r in checks.itertuples(index=False)})
+    metrics = _finite({f"{r.method}.{r.name}": r.value for r in checks.itertuples(index=False)})
     tags = {"winnow.run_id": run_id, "winnow.audit_mlflow_run_id": audit_run, "prefect.flow_run_id": flow_run_id,
             "winnow.flow": "explain"}
     params = {"run_id": run_id, "scorer": scorer, "baseline": baseline, "top": top, **settings}

@@ -103,6 +103,17 @@ def test_report_section_embeds_images_and_checks(explained):
     assert "No explanations" in explain_section_html("0000000000000000")
 
 
+def test_review_page_is_written_and_logged(explained):
+    import mlflow
+
+    audited, again = explained
+    page = (again.report_dir / "review.html").read_text()
+    assert page.startswith("<!doctype html>") and "winnow review report" in page
+    assert all(sid in page for sid in again.table["sample_id"])
+    files = {a.path for a in mlflow.tracking.MlflowClient().list_artifacts(again.mlflow_run_id, "explain")}
+    assert "explain/review.html" in files
+
+
 def test_unknown_run_is_one_clear_line(explained, capsys):
     from winnow.flows.cli import main
     from winnow.flows.explain import resolve_run
