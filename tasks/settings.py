@@ -55,6 +55,8 @@ def configure_environment() -> Paths:
     os.environ.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "true")
     os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(p.prefect_home / "results"))
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+    # The temporary server's default 20 s start limit is missed on a loaded 2-core machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("MLFLOW_TRACKING_URI", p.mlflow_uri)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     # GX prints progress bars on stderr for every validation; they are noise in a pipeline log.
