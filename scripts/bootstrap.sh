@@ -13,7 +13,9 @@ stamp=".venv/.winnow-installed-$(sha256sum pyproject.toml | cut -c1-12)${extras:
 if [ ! -f "$stamp" ]; then
   echo "winnow: installing into .venv (first run takes a few minutes)..." >&2
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-  .venv/bin/python -m pip install -q "torch==2.13.0"
-  .venv/bin/python -m pip install -q -e ".${extras:+[$extras]}"
+  # This machine's pip config lists index folders that are absent; pip warns once per package.
+  quiet() { grep -v "is ignored: it is neither a file nor a directory" >&2 || true; }
+  .venv/bin/python -m pip install -q "torch==2.13.0" 2>&1 | quiet
+  .venv/bin/python -m pip install -q -e ".${extras:+[$extras]}" 2>&1 | quiet
   touch "$stamp"
 fi
