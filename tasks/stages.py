@@ -255,7 +255,9 @@ def out_of_sample(train_key: str, folds: int = 4) -> str:
     """K-fold out-of-sample probabilities (shared by confident learning and the k estimate)."""
     ctx, _, _ = load_context(train_key)
     ctx.kfold = folds
-    artifacts.save_torch("oos", train_key, torch.as_tensor(ctx.out_of_sample_probs()))
+    log = get_run_logger()
+    probs = ctx.out_of_sample_probs(on_fold=lambda done, k: log.info("out-of-sample fold %d/%d trained", done, k))
+    artifacts.save_torch("oos", train_key, torch.as_tensor(probs))
     return train_key
 
 

@@ -88,10 +88,11 @@ class TrainingContext:
         return train_model(self.model_factory, self.x if x is None else x, self.y if y is None else y,
                            config or self.train_config, device=self.device, **kwargs)
 
-    def out_of_sample_probs(self) -> np.ndarray:
+    def out_of_sample_probs(self, on_fold: Callable[[int, int], None] | None = None) -> np.ndarray:
         """Predicted probabilities for each sample from a model that never saw it.
 
         K-fold cross-fitting with the audited recipe (folds stratified by given label, seeded).
+        ``on_fold(done, total)`` is called after each fold (progress for long runs).
 
         Returns
         -------
@@ -109,6 +110,8 @@ class TrainingContext:
                 cfg = replace(self.train_config, seed=self.train_config.seed + 1000 * (fold + 1))
                 result = self.train(self.x[fit], self.y[fit], cfg, keep_checkpoints=False)
                 probs[held] = torch.softmax(predict_logits(result.model, self.x[held]), 1).double().numpy()
+                if on_fold:
+                    on_fold(fold + 1, k)
             self._cache["oos_probs"] = probs
         return self._cache["oos_probs"]
 
