@@ -10,6 +10,9 @@ from torch import nn
 from torch.nn import functional as F
 
 
+OPTIMIZERS = ("sgd", "adam")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 10
@@ -18,6 +21,8 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     seed: int = 0
+    #: "sgd" (with momentum) or "adam" (momentum unused)
+    optimizer: str = "sgd"
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -67,7 +72,7 @@ def train_model(
     on_epoch: Callable[[int, float], None] | None = None,
     keep_checkpoints: bool = True,
 ) -> TrainResult:
-    """Train a fresh model with SGD + momentum and cross-entropy.
+    """Train a fresh model with cross-entropy and SGD + momentum (or Adam, ``config.optimizer``).
 
     Parameters
     ----------
@@ -91,11 +96,16 @@ def train_model(
         raise ValueError("cannot train on an empty training set")
     if config.epochs < 1 or config.batch_size < 1 or config.lr <= 0:
         raise ValueError(f"invalid training config {config}")
+    if config.optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {config.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
     device = device or default_device()
     seed_everything(config.seed)
     model = model_factory().to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                          weight_decay=config.weight_decay)
+    if config.optimizer == "adam":
+        opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                              weight_decay=config.weight_decay)
     gen = torch.Generator().manual_seed(config.seed)
     xd, yd = x.to(device), y.to(device)
     checkpoints: list[Checkpoint] = []
