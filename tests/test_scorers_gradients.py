@@ -115,6 +115,26 @@ def test_strided_dilated_grouped_conv_and_sequence_linear():
                                    expected, rtol=1e-10)
 
 
+def test_wide_convolutions_take_the_unfold_free_path_exactly():
+    """Enough input channels per group (>= 8) for the per-offset path of ``_conv_sq_norm``:
+    strided, dilated, grouped, reflect-padded, 'same'-padded, 1-D and 2-D."""
+    torch.manual_seed(2)
+    model2d = nn.Sequential(
+        nn.Conv2d(16, 16, 3, stride=2, padding=2, dilation=2, groups=2), nn.ReLU(),
+        nn.Conv2d(16, 8, (3, 2), padding=(1, 0), padding_mode="reflect"), nn.ReLU(),
+        nn.Flatten(), nn.LazyLinear(10)).double()
+    model1d = nn.Sequential(
+        nn.Conv1d(8, 12, 5, padding="same", dilation=2), nn.ReLU(),
+        nn.Conv1d(12, 6, 3, stride=3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(10)).double()
+    for model, shape in ((model2d, (7, 16, 9, 9)), (model1d, (7, 8, 20))):
+        x = torch.randn(*shape, dtype=torch.float64)
+        model(x)  # materialise the lazy layer
+        y = torch.randint(0, 10, (7,))
+        expected = (loop_grads(model, x, y) ** 2).sum(1).numpy()
+        np.testing.assert_allclose(per_sample_grad_sq_norms(model, x, y, batch_size=3, method="materialise"),
+                                   expected, rtol=1e-10)
+
+
 def test_gram_and_materialise_identities_agree_on_random_factors():
     a, g = torch.randn(5, 7, 11, dtype=torch.float64), torch.randn(5, 3, 11, dtype=torch.float64)
     brute = torch.stack([(g[b] @ a[b].T).pow(2).sum() for b in range(5)])

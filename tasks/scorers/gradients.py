@@ -16,7 +16,10 @@ sample ``i`` contributes only its own term). Materialising one full gradient per
   (``_sum_outer_sq_norm``). For the nets in :mod:`winnow.tasks.models.nets` the materialised
   form wins everywhere; measured on the Fashion-MNIST CNN (1,024 samples, one CPU thread):
   conv1 (784 positions, 32×9 weights) 0.10 s vs 13.6 s for Gram, conv2 (196 positions, 64×288)
-  0.39 s vs 1.58 s. Gram only pays off with many channels and few positions.
+  0.39 s vs 1.58 s. Gram only pays off with many channels and few positions. For convolutions
+  with several input channels the materialised norm skips ``F.unfold``: one matmul per kernel
+  offset on a strided view of the padded input (``_conv_sq_norm``), the same FLOPs without the
+  k-fold patch copy.
 
 Both come from **one** batched forward pass (forward hooks record each layer's input and output)
 and **one** batched backward pass from the logits to the recorded outputs
@@ -26,6 +29,7 @@ so memory is bounded by the batch size, not by ``n``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable, Iterator
 
 import numpy as np
@@ -37,6 +41,8 @@ SUPPORTED_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
 LAYER_CHOICES = ("all", "head")
 # Above this many float elements a per-sample temporary is split into sub-batches.
 _TEMP_ELEMENTS = 1 << 25
+# Input channels per group from which a convolution's squared norm skips F.unfold (_conv_sq_norm).
+_MIN_SHIFT_CHANNELS = 8
 
 
 # --------------------------------------------------------------------------------------------
@@ -146,8 +152,9 @@ class LayerSignal:
     Attributes
     ----------
     module : nn.Module
-    a : torch.Tensor, shape (B * groups, I, P)
-        Inputs (unfolded patches for convolutions; I = in_channels/groups · kernel size).
+    inp : torch.Tensor
+        The layer's input as recorded; for convolutions already padded and 4-D (B, C_in, H, W)
+        (a Conv1d input gets H = 1), so neither ``a`` nor the squared-norm path pads again.
     g : torch.Tensor, shape (B * groups, O, P)
         Gradients of the loss w.r.t. the layer's outputs (O = out_channels/groups).
     groups : int
@@ -155,10 +162,13 @@ class LayerSignal:
         Whether the weight is trainable (counted).
     bias : bool
         Whether the layer has a trainable bias (counted).
+    a : torch.Tensor, shape (B * groups, I, P)
+        Inputs (unfolded patches for convolutions; I = in_channels/groups · kernel size),
+        formed on first use: the squared-norm path of a convolution never needs them.
     """
 
     module: nn.Module
-    a: torch.Tensor
+    inp: torch.Tensor
     g: torch.Tensor
     groups: int
     weight: bool
@@ -166,36 +176,79 @@ class LayerSignal:
 
     @property
     def batch(self) -> int:
-        return self.a.shape[0] // self.groups
+        return self.g.shape[0] // self.groups
+
+    @property
+    def is_conv(self) -> bool:
+        return isinstance(self.module, (nn.Conv1d, nn.Conv2d))
+
+    @cached_property
+    def a(self) -> torch.Tensor:
+        if not self.is_conv:
+            return self.inp.reshape(self.batch, -1, self.inp.shape[-1]).transpose(1, 2)
+        kernel, stride, dilation = _conv_geometry(self.module)
+        a = F.unfold(self.inp, kernel, dilation=dilation, stride=stride)   # (B, C_in·k, P)
+        if self.groups > 1:
+            a = a.reshape(self.batch * self.groups, a.shape[1] // self.groups, a.shape[2])
+        return a
 
 
-def _conv_patches(module: nn.Module, inp: torch.Tensor) -> torch.Tensor:
-    """Unfold a Conv1d/Conv2d input into patches, shape (B, C_in·k, P), in weight order."""
+def _conv_geometry(module: nn.Module) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+    """(kernel, stride, dilation) of a Conv1d/Conv2d as 2-D tuples (Conv1d: a 1 × k kernel)."""
     if isinstance(module, nn.Conv1d):
-        inp = inp.unsqueeze(2)
-        kernel, stride = (1, module.kernel_size[0]), (1, module.stride[0])
-        dilation = (1, module.dilation[0])
-    else:
-        kernel, stride, dilation = module.kernel_size, module.stride, module.dilation
-    padding = module.padding
-    if isinstance(padding, str):
-        if padding == "valid":
+        return (1, module.kernel_size[0]), (1, module.stride[0]), (1, module.dilation[0])
+    return tuple(module.kernel_size), tuple(module.stride), tuple(module.dilation)
+
+
+def _padded_conv_input(module: nn.Module, inp: torch.Tensor) -> torch.Tensor:
+    """A Conv1d/Conv2d input padded as the layer pads it, as (B, C_in, H, W)."""
+    if isinstance(module.padding, str):
+        if module.padding == "valid":
             padding = (0,) * len(module.kernel_size)
-        else:  # "same" (stride 1): F.unfold pads symmetrically, so only odd effective kernels work
+        else:  # "same" (stride 1): symmetric padding only exists for odd effective kernels
             totals = [d * (k - 1) for d, k in zip(module.dilation, module.kernel_size)]
             if any(t % 2 for t in totals):
                 raise ValueError(f"{type(module).__name__} with padding='same' and an even effective kernel "
                                  "is not supported")
             padding = tuple(t // 2 for t in totals)
-    padding = (0, padding[0]) if isinstance(module, nn.Conv1d) else tuple(padding)
+    else:
+        padding = tuple(module.padding)
     if module.padding_mode != "zeros":
-        # non-zero padding modes pad the input explicitly before the convolution
-        pads = module._reversed_padding_repeated_twice
-        inp = F.pad(inp.squeeze(2) if isinstance(module, nn.Conv1d) else inp, pads, mode=module.padding_mode)
-        if isinstance(module, nn.Conv1d):
-            inp = inp.unsqueeze(2)
-        padding = (0, 0)
-    return F.unfold(inp, kernel, dilation=dilation, padding=padding, stride=stride)
+        inp = F.pad(inp, module._reversed_padding_repeated_twice, mode=module.padding_mode)
+    elif any(padding):
+        pads = []
+        for p in reversed(padding):  # F.pad wants (last dim left, right, next-to-last left, right, ...)
+            pads += [p, p]
+        inp = F.pad(inp, pads)
+    return inp.unsqueeze(2) if isinstance(module, nn.Conv1d) else inp
+
+
+def _conv_sq_norm(sig: LayerSignal) -> torch.Tensor:
+    """``‖∇W_b‖²`` of a convolution's weight for every sample b, shape (B,).
+
+    The weight gradient's entries for kernel offset (i, j) are ``g @ x_ijᵀ`` with ``x_ij`` a
+    strided view of the padded input, so the squared norm is a sum over offsets of one batched
+    matmul each: the FLOPs of materialising ``g @ aᵀ``, without the k-fold copy ``F.unfold`` makes
+    nor a (B, O, I) temporary. Sub-batched so each (B, O, C_in/G) product stays bounded.
+    """
+    (kh, kw), (sh, sw), (dh, dw) = _conv_geometry(sig.module)
+    x, g = sig.inp, sig.g                                                # (B, C, H, W), (B·G, O, P)
+    h_out = (x.shape[2] - dh * (kh - 1) - 1) // sh + 1
+    w_out = (x.shape[3] - dw * (kw - 1) - 1) // sw + 1
+    c_g = x.shape[1] // sig.groups
+    chunk = max(1, _TEMP_ELEMENTS // max(g.shape[1] * c_g * sig.groups, 1))
+    out = []
+    for s in range(0, sig.batch, chunk):
+        xs, gs = x[s:s + chunk], g[s * sig.groups:(s + chunk) * sig.groups]
+        total = torch.zeros(gs.shape[0], dtype=g.dtype, device=g.device)
+        for i in range(kh):
+            for j in range(kw):
+                view = xs[:, :, i * dh: i * dh + sh * (h_out - 1) + 1: sh,
+                          j * dw: j * dw + sw * (w_out - 1) + 1: sw]
+                d = torch.bmm(gs, view.reshape(gs.shape[0], c_g, h_out * w_out).transpose(1, 2))
+                total += (d * d).sum((1, 2))
+        out.append(total)
+    return torch.cat(out)
 
 
 def _signal(module: nn.Module, inp: torch.Tensor, grad_out: torch.Tensor) -> LayerSignal:
@@ -203,16 +256,13 @@ def _signal(module: nn.Module, inp: torch.Tensor, grad_out: torch.Tensor) -> Lay
     bias = module.bias is not None and module.bias.requires_grad
     batch = inp.shape[0]
     if isinstance(module, nn.Linear):
-        a = inp.reshape(batch, -1, inp.shape[-1]).transpose(1, 2)
         g = grad_out.reshape(batch, -1, grad_out.shape[-1]).transpose(1, 2)
-        return LayerSignal(module, a, g, 1, weight, bias)
+        return LayerSignal(module, inp, g, 1, weight, bias)
     groups = module.groups
-    a = _conv_patches(module, inp)                      # (B, C_in·k, P)
     g = grad_out.reshape(batch, grad_out.shape[1], -1)  # (B, C_out, P)
     if groups > 1:
-        a = a.reshape(batch * groups, a.shape[1] // groups, a.shape[2])
         g = g.reshape(batch * groups, g.shape[1] // groups, g.shape[2])
-    return LayerSignal(module, a, g, groups, weight, bias)
+    return LayerSignal(module, _padded_conv_input(module, inp), g, groups, weight, bias)
 
 
 def ce_residual(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -308,14 +358,11 @@ def _sum_outer_sq_norm(a: torch.Tensor, g: torch.Tensor, method: str = "auto") -
     -------
     torch.Tensor, shape (B,)
     """
-    if method not in ("auto", "materialise", "gram"):
-        raise ValueError(f"method must be 'auto', 'materialise' or 'gram', got {method!r}")
     batch, i_dim, p_dim = a.shape
     o_dim = g.shape[1]
+    method = _reduction(method, i_dim, o_dim, p_dim)
     if p_dim == 1:
         return (a * a).sum((1, 2)) * (g * g).sum((1, 2))
-    if method == "auto":
-        method = "materialise" if o_dim * i_dim <= p_dim * (i_dim + o_dim) else "gram"
     per_sample = o_dim * i_dim if method == "materialise" else p_dim * p_dim
     chunk = max(1, _TEMP_ELEMENTS // max(per_sample, 1))
     out = []
@@ -331,11 +378,28 @@ def _sum_outer_sq_norm(a: torch.Tensor, g: torch.Tensor, method: str = "auto") -
     return torch.cat(out)
 
 
+def _reduction(method: str, i_dim: int, o_dim: int, p_dim: int) -> str:
+    """``auto`` -> the cheaper of materialise (P·O·I FLOPs per sample) and Gram (P²·(I+O))."""
+    if method not in ("auto", "materialise", "gram"):
+        raise ValueError(f"method must be 'auto', 'materialise' or 'gram', got {method!r}")
+    if method != "auto":
+        return method
+    return "materialise" if o_dim * i_dim <= p_dim * (i_dim + o_dim) else "gram"
+
+
 def signal_sq_norm(sig: LayerSignal, method: str = "auto") -> torch.Tensor:
     """Per-sample squared gradient norm of one layer's trainable parameters, shape (B,)."""
-    total = torch.zeros(sig.a.shape[0], dtype=sig.a.dtype, device=sig.a.device)
+    total = torch.zeros(sig.g.shape[0], dtype=sig.g.dtype, device=sig.g.device)
     if sig.weight:
-        total = total + _sum_outer_sq_norm(sig.a, sig.g, method)
+        o_dim, p_dim = sig.g.shape[1:]
+        i_dim = sig.module.weight[0].numel()
+        # per-offset matmuls only pay off with several input channels per group: with one or two
+        # (a first layer on grey images) each matmul is a thin (O × P)·(P × C) and unfold wins
+        wide = sig.is_conv and sig.inp.shape[1] // sig.groups >= _MIN_SHIFT_CHANNELS
+        if wide and p_dim > 1 and _reduction(method, i_dim, o_dim, p_dim) == "materialise":
+            total = total + _conv_sq_norm(sig)
+        else:
+            total = total + _sum_outer_sq_norm(sig.a, sig.g, method)
     if sig.bias:
         gb = sig.g.sum(2)
         total = total + (gb * gb).sum(1)
