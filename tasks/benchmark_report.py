@@ -15,6 +15,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from .plots import save_figure  # noqa: E402
+
 SETTING = ["dataset", "noise", "rate"]
 KEYS = SETTING + ["scorer", "kind"]
 #: the figures aggregated over seeds (columns of the benchmark table)
@@ -186,12 +188,7 @@ def found_curves(curves: pd.DataFrame, dest: Path, title: str = "") -> Path:
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.25)
     axes[0].legend(fontsize=6, ncol=2, loc="lower right")
-    fig.suptitle(title)
-    fig.tight_layout()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(dest, dpi=100)
-    plt.close(fig)
-    return dest
+    return save_figure(fig, dest, title)
 
 
 def accuracy_vs_pruned(rows: pd.DataFrame, dest: Path, title: str = "") -> Path:
@@ -225,12 +222,7 @@ def accuracy_vs_pruned(rows: pd.DataFrame, dest: Path, title: str = "") -> Path:
         ax.set_ylabel("test accuracy")
         ax.grid(alpha=0.25)
     axes[0].legend(fontsize=6, ncol=2, loc="lower left")
-    fig.suptitle(title)
-    fig.tight_layout()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(dest, dpi=100)
-    plt.close(fig)
-    return dest
+    return save_figure(fig, dest, title)
 
 
 # ---------------------------------------------------------------- Markdown

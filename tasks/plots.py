@@ -12,6 +12,17 @@ import numpy as np  # noqa: E402
 from .metrics import precision_curve  # noqa: E402
 
 
+def save_figure(fig, dest: Path, title: str = "", dpi: int = 100) -> Path:
+    """Title, lay out, write ``fig`` to ``dest`` (PNG; parent folders made) and close it."""
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(dest, dpi=dpi)
+    plt.close(fig)
+    return dest
+
+
 def detection_curves(scores: dict[str, np.ndarray], is_flipped: np.ndarray, dest: Path, title: str = "") -> Path:
     """Precision and recall of each scorer vs. the fraction of the training set inspected."""
     fig, (ax_p, ax_r) = plt.subplots(1, 2, figsize=(10, 4))
@@ -28,12 +39,7 @@ def detection_curves(scores: dict[str, np.ndarray], is_flipped: np.ndarray, dest
         ax.set_xlim(0, min(1.0, max(0.5, 3 * rate)))
         ax.grid(alpha=0.3)
     ax_p.legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(dest, dpi=110)
-    plt.close(fig)
-    return dest
+    return save_figure(fig, dest, title, dpi=110)
 
 
 def thumbnails(images: np.ndarray, captions: list[str], dest: Path, cols: int = 8) -> Path:
@@ -48,8 +54,4 @@ def thumbnails(images: np.ndarray, captions: list[str], dest: Path, cols: int = 
             ax.imshow(img[0] if img.ndim == 3 and img.shape[0] == 1 else np.moveaxis(img, 0, -1) if img.ndim == 3 else img,
                       cmap="gray", vmin=0, vmax=1)
             ax.set_title(captions[i], fontsize=7)
-    fig.tight_layout()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(dest, dpi=100)
-    plt.close(fig)
-    return dest
+    return save_figure(fig, dest)
