@@ -50,6 +50,27 @@ def test_aggregate_is_mean_and_sample_std_over_seeds():
         report.aggregate(rows.drop(columns="seed"))
 
 
+def test_the_papers_finding_per_setting_and_per_method():
+    def setting(noise, loss, infl, tracin, acc_noisy=0.9):
+        return [{"dataset": "d", "noise": noise, "rate": 0.1, "kind": "scorer", "scorer": name, "seed": seed,
+                 "recall_at_k": value + 0.01 * seed, "acc_noisy": acc_noisy, "acc_clean": 0.95}
+                for name, value in (("loss", loss), ("influence", infl), ("tracin", tracin)) for seed in (0, 1, 2)]
+
+    rows = pd.DataFrame(setting("symmetric", 0.8, 0.6, 0.7) + setting("class-pair", 0.5, 0.9, 0.505)
+                        + setting("instance-dependent", 0.9, 0.1, 0.1, acc_noisy=0.3))
+    agg = report.aggregate(rows, metrics=("recall_at_k", "acc_noisy", "acc_clean"))
+    finding = report.paper_finding(agg).set_index("noise")
+    assert finding.loc["symmetric", "verdict"] == "holds" and finding.loc["symmetric", "best_influence"] == "tracin"
+    assert finding.loc["class-pair", "verdict"] == "breaks"
+    assert finding.loc["instance-dependent", "verdict"] == "untestable"  # 0.3 < 3/4 of 0.95
+    per = report.finding_per_method(agg).set_index("method")
+    # the untestable setting counts for nobody; 0.5 vs 0.505 is within the seeds' spread
+    assert per.loc["influence", ["holds", "tie", "breaks"]].tolist() == [1, 0, 1]
+    assert per.loc["tracin", ["holds", "tie", "breaks"]].tolist() == [1, 1, 0]
+    assert per.loc["tracin", "mean_gap"] == pytest.approx((0.1 - 0.005) / 2)
+    assert "holds in 1 of 2 testable settings" in report.summarise_finding(report.paper_finding(agg), agg)
+
+
 def test_cleanlab_peer_flags_issues_first():
     pytest.importorskip("cleanlab")
     rng = np.random.default_rng(0)
