@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import re
 import sys
 
 import numpy as np
@@ -44,6 +45,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-members", type=int, default=3)
     args = ap.parse_args(argv)
 
+    if args.benchmark_key and not re.fullmatch(r"[0-9a-f]{8,64}", args.benchmark_key):
+        ap.error(f"--benchmark-key must be a hex key as in the report's folder name, got {args.benchmark_key!r}")
     where = f"WHERE benchmark_key = '{args.benchmark_key}'" if args.benchmark_key else ""
     cells = lake.sql(f"SELECT DISTINCT train_key, dataset, noise, rate, seed, acc_noisy, acc_clean "
                      f"FROM benchmark {where}")
