@@ -13,11 +13,9 @@ The data gates (a, b) decide what enters the lake; the model gate (c) decides wh
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,18 +134,10 @@ def figures_of(flagged: np.ndarray, in_batch: np.ndarray, planted: np.ndarray, k
 # ---------------------------------------------------------------- the flow
 
 
-@contextmanager
 def _one_at_a_time():
     """Arrivals are judged against everything accepted so far, so two must not interleave:
     an exclusive lock (across served run processes) orders them. Waiting here is not polling."""
-    lock = paths().artifacts / "operate.lock"
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return lake.exclusive_lock(paths().artifacts / "operate.lock")
 
 
 def _flow_run_id() -> str:

@@ -56,13 +56,18 @@ def staging_path(batch_id: str) -> Path:
     return paths().artifacts / "staging" / f"{batch_id}.parquet"
 
 
+def _write_once(ds: Dataset, path_of) -> str:
+    """Write ``ds`` to ``path_of(content hash)`` unless it is there; return the hash."""
+    key = ds.content_hash()
+    dest = path_of(key)
+    if not dest.exists():
+        lake.atomic_write_parquet(to_table(ds, key), dest)
+    return key
+
+
 def stage(ds: Dataset) -> str:
     """Write the batch to staging (not the lake) and return its batch id (content hash)."""
-    batch_id = ds.content_hash()
-    dest = staging_path(batch_id)
-    if not dest.exists():
-        lake.atomic_write_parquet(to_table(ds, batch_id), dest)
-    return batch_id
+    return _write_once(ds, staging_path)
 
 
 def load_staged(batch_id: str) -> Dataset:
@@ -91,11 +96,7 @@ def pool_path(pool_id: str) -> Path:
 def stage_pool(ds: Dataset) -> str:
     """Write a training pool (a union of committed batches, assembled by the operate flow) to the
     artifacts and return its id (content hash). Pools never enter the lake's ``samples`` table."""
-    pool_id = ds.content_hash()
-    dest = pool_path(pool_id)
-    if not dest.exists():
-        lake.atomic_write_parquet(to_table(ds, pool_id), dest)
-    return pool_id
+    return _write_once(ds, pool_path)
 
 
 def load_training_set(batch_id: str) -> Dataset:

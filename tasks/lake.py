@@ -7,9 +7,11 @@ they hold, so writing the same rows twice adds nothing.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -43,6 +45,19 @@ def atomic_write_parquet(table: pa.Table, dest: Path) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return dest
+
+
+@contextmanager
+def exclusive_lock(lock_file: Path):
+    """Hold an exclusive ``flock`` on ``lock_file`` (created if missing) for the block: orders
+    read-modify-write sections across processes. Blocks while another holder has it."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def write(table_name: str, data: pd.DataFrame | pa.Table, part: str | None = None, lake: Path | None = None) -> Path:

@@ -13,9 +13,7 @@ their relabels applied. Pending samples stay in (a flag is a question, not a ver
 """
 from __future__ import annotations
 
-import fcntl
 import json
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -118,17 +116,9 @@ def _queue_path() -> Path:
     return lake.part_path(TABLE, PART)
 
 
-@contextmanager
 def _locked():
     """An exclusive lock over the queue's read-modify-write (flows and reviewers share it)."""
-    lock = _queue_path().parent / ".lock"
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return lake.exclusive_lock(_queue_path().parent / ".lock")
 
 
 def read_queue() -> pd.DataFrame:
