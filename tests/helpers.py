@@ -41,3 +41,29 @@ def digits_parquet(path: Path, n: int = 600, png: bool = False, mutate=None) -> 
         cols = mutate(cols)
     pq.write_table(pa.table(cols), path)
     return path
+
+
+def noisy_digits_context(data_seed: int, epochs: int = 8, train: bool = True, **options):
+    """Digits' training split with 20% symmetric noise (``data_seed``), an MLP trained on the noisy labels
+    for ``epochs`` (skipped with ``train=False``: no checkpoints) and its scorer context on the CPU.
+
+    Returns ``(ctx, y_noisy, y_true)``; ``options`` go to :class:`TrainingContext` (seed, kfold, ...).
+    """
+    import torch
+
+    from winnow.tasks.data import noise
+    from winnow.tasks.data.sources import load_digits
+    from winnow.tasks.models.nets import build_model
+    from winnow.tasks.models.training import TrainConfig, train_model
+    from winnow.tasks.scorers import TrainingContext
+
+    ds = load_digits()
+    in_train = ds.split == "train"
+    x, y = ds.x[in_train], ds.label[in_train]
+    y_noisy = noise.symmetric(y, 10, 0.2, seed=data_seed)
+    factory = lambda: build_model("mlp", x.shape[1:], 10)  # noqa: E731
+    config = TrainConfig(epochs=epochs, seed=data_seed)
+    checkpoints = train_model(factory, x, y_noisy, config, device=torch.device("cpu")).checkpoints if train else []
+    ctx = TrainingContext(x, y_noisy, 10, factory, checkpoints, config, ds.sample_id[in_train],
+                          device=torch.device("cpu"), **options)
+    return ctx, y_noisy, y

@@ -4,13 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import noisy_digits_context
 from sklearn.metrics import roc_auc_score
 
-from winnow.tasks.data import noise
-from winnow.tasks.data.sources import load_digits
-from winnow.tasks.models.nets import build_model
-from winnow.tasks.models.training import TrainConfig, train_model
-from winnow.tasks.scorers import TrainingContext, get_scorer
+from winnow.tasks.scorers import get_scorer
 from winnow.tasks.scorers.dynamics import area_under_margin, forgetting_counts, forgetting_scores, margins
 
 # T = 3 checkpoints, n = 3 samples, C = 3 classes; labels [0, 1, 2].
@@ -67,15 +64,7 @@ def test_validation(bad, msg):
 
 @pytest.fixture(scope="module")
 def noisy_digits_ctx():
-    ds = load_digits()
-    train = ds.split == "train"
-    x, y = ds.x[train], ds.label[train]
-    y_noisy = noise.symmetric(y, 10, 0.2, seed=0)
-    factory = lambda: build_model("mlp", x.shape[1:], 10)  # noqa: E731
-    config = TrainConfig(epochs=8, seed=0)
-    result = train_model(factory, x, y_noisy, config, device=torch.device("cpu"))
-    ctx = TrainingContext(x, y_noisy, 10, factory, result.checkpoints, config, ds.sample_id[train],
-                          device=torch.device("cpu"))
+    ctx, y_noisy, y = noisy_digits_context(data_seed=0)
     return ctx, y_noisy != y
 
 

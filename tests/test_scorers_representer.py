@@ -4,13 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import noisy_digits_context
 from sklearn.metrics import roc_auc_score
 
-from winnow.tasks.data import noise
 from winnow.tasks.data.sources import load_digits
-from winnow.tasks.models.nets import build_model
-from winnow.tasks.models.training import TrainConfig, train_model
-from winnow.tasks.scorers import TrainingContext, get_scorer
+from winnow.tasks.scorers import get_scorer
 from winnow.tasks.scorers.representer import (fit_last_layer, model_features, representer_contributions,
                                               representer_decomposition, representer_values, self_importance,
                                               with_bias)
@@ -20,15 +18,9 @@ LAM = 1e-2
 
 @pytest.fixture(scope="module")
 def digits():
+    ctx, y_noisy, y = noisy_digits_context(data_seed=1)
     ds = load_digits()
     train = ds.split == "train"
-    x, y = ds.x[train], ds.label[train]
-    y_noisy = noise.symmetric(y, 10, 0.2, seed=1)
-    factory = lambda: build_model("mlp", x.shape[1:], 10)  # noqa: E731
-    config = TrainConfig(epochs=8, seed=1)
-    result = train_model(factory, x, y_noisy, config, device=torch.device("cpu"))
-    ctx = TrainingContext(x, y_noisy, 10, factory, result.checkpoints, config, ds.sample_id[train],
-                          device=torch.device("cpu"))
     model = ctx.model_at(-1)
     f_train = with_bias(model_features(model, ctx.x))
     f_test = with_bias(model_features(model, torch.as_tensor(ds.x[~train])))

@@ -4,13 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import noisy_digits_context
 from sklearn.metrics import roc_auc_score
 
-from winnow.tasks.data import noise
-from winnow.tasks.data.sources import load_digits
 from winnow.tasks.models.nets import build_model
-from winnow.tasks.models.training import TrainConfig, train_model
-from winnow.tasks.scorers import TrainingContext, get_scorer
+from winnow.tasks.scorers import get_scorer
 from winnow.tasks.scorers.turnover import TurnOverRouter, mask_sites, turnover_losses, turnover_mask, turnover_masks
 
 IDS = np.array([f"digits-{i:05d}" for i in range(2000)], dtype=object)
@@ -103,14 +101,8 @@ def test_cnn_all_layers_routes_per_channel():
 
 @pytest.fixture(scope="module")
 def noisy_digits_ctx():
-    ds = load_digits()
-    train = ds.split == "train"
-    x, y = ds.x[train], ds.label[train]
-    y_noisy = noise.symmetric(y, 10, 0.2, seed=2)
-    factory = lambda: build_model("mlp", x.shape[1:], 10)  # noqa: E731
-    config = TrainConfig(epochs=10, seed=2)
     # the turn-over scorer trains its own model; the audited checkpoints are not needed here
-    ctx = TrainingContext(x, y_noisy, 10, factory, [], config, ds.sample_id[train], device=torch.device("cpu"))
+    ctx, y_noisy, y = noisy_digits_context(data_seed=2, epochs=10, train=False)
     return ctx, y_noisy != y
 
 
