@@ -115,20 +115,29 @@ def test_strided_dilated_grouped_conv_and_sequence_linear():
                                    expected, rtol=1e-10)
 
 
-def test_wide_convolutions_take_the_unfold_free_path_exactly():
-    """Enough input channels per group (>= 8) for the per-offset path of ``_conv_sq_norm``:
-    strided, dilated, grouped, reflect-padded, 'same'-padded, 1-D and 2-D."""
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("cache_elements", [1, 1 << 20])
+def test_convolutions_take_the_patch_buffer_path_exactly(memory_format, cache_elements, monkeypatch):
+    """The materialised conv norm (``_conv_sq_norm``): strided, dilated, grouped, reflect-padded,
+    'same'-padded, one input channel, 1-D and 2-D; NCHW and channels_last weights (the gradients
+    then arrive position-major); one sample per patch buffer and many."""
+    from winnow.tasks.scorers import gradients
+
+    monkeypatch.setattr(gradients, "_CACHE_ELEMENTS", cache_elements)
     torch.manual_seed(2)
     model2d = nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
         nn.Conv2d(16, 16, 3, stride=2, padding=2, dilation=2, groups=2), nn.ReLU(),
         nn.Conv2d(16, 8, (3, 2), padding=(1, 0), padding_mode="reflect"), nn.ReLU(),
         nn.Flatten(), nn.LazyLinear(10)).double()
     model1d = nn.Sequential(
         nn.Conv1d(8, 12, 5, padding="same", dilation=2), nn.ReLU(),
         nn.Conv1d(12, 6, 3, stride=3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(10)).double()
-    for model, shape in ((model2d, (7, 16, 9, 9)), (model1d, (7, 8, 20))):
+    for model, shape in ((model2d, (7, 1, 9, 9)), (model1d, (7, 8, 20))):
         x = torch.randn(*shape, dtype=torch.float64)
         model(x)  # materialise the lazy layer
+        if x.dim() == 4:
+            model.to(memory_format=memory_format)
         y = torch.randint(0, 10, (7,))
         expected = (loop_grads(model, x, y) ** 2).sum(1).numpy()
         np.testing.assert_allclose(per_sample_grad_sq_norms(model, x, y, batch_size=3, method="materialise"),

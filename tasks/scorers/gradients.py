@@ -16,10 +16,10 @@ sample ``i`` contributes only its own term). Materialising one full gradient per
   (``_sum_outer_sq_norm``). For the nets in :mod:`winnow.tasks.models.nets` the materialised
   form wins everywhere; measured on the Fashion-MNIST CNN (1,024 samples, one CPU thread):
   conv1 (784 positions, 32×9 weights) 0.10 s vs 13.6 s for Gram, conv2 (196 positions, 64×288)
-  0.39 s vs 1.58 s. Gram only pays off with many channels and few positions. For convolutions
-  with several input channels the materialised norm skips ``F.unfold``: one matmul per kernel
-  offset on a strided view of the padded input (``_conv_sq_norm``), the same FLOPs without the
-  k-fold patch copy.
+  0.39 s vs 1.58 s. Gram only pays off with many channels and few positions. The materialised
+  norm of a convolution skips ``F.unfold``'s whole-batch patch tensor: a few samples at a time
+  are copied into a patch buffer that stays in cache (``_conv_sq_norm``), the same FLOPs; on
+  conv2 (256 samples, one thread) 0.029 s vs 0.073 s with unfold.
 
 Both come from **one** batched forward pass (forward hooks record each layer's input and output)
 and **one** batched backward pass from the logits to the recorded outputs
@@ -41,8 +41,8 @@ SUPPORTED_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
 LAYER_CHOICES = ("all", "head")
 # Above this many float elements a per-sample temporary is split into sub-batches.
 _TEMP_ELEMENTS = 1 << 25
-# Input channels per group from which a convolution's squared norm skips F.unfold (_conv_sq_norm).
-_MIN_SHIFT_CHANNELS = 8
+# Patch buffer of _conv_sq_norm, in elements: 4 MiB of float32, inside this machine's L2 + L3 share.
+_CACHE_ELEMENTS = 1 << 20
 
 
 # --------------------------------------------------------------------------------------------
@@ -226,28 +226,47 @@ def _padded_conv_input(module: nn.Module, inp: torch.Tensor) -> torch.Tensor:
 def _conv_sq_norm(sig: LayerSignal) -> torch.Tensor:
     """``‖∇W_b‖²`` of a convolution's weight for every sample b, shape (B,).
 
-    The weight gradient's entries for kernel offset (i, j) are ``g @ x_ijᵀ`` with ``x_ij`` a
-    strided view of the padded input, so the squared norm is a sum over offsets of one batched
-    matmul each: the FLOPs of materialising ``g @ aᵀ``, without the k-fold copy ``F.unfold`` makes
-    nor a (B, O, I) temporary. Sub-batched so each (B, O, C_in/G) product stays bounded.
+    Per sub-batch of a few samples, the kernel-offset views of the padded input are copied into
+    a patch buffer small enough to stay in cache, and one batched matmul per sub-batch forms the
+    (O × C_in/G·k) weight gradients: the FLOPs of ``g @ aᵀ`` without ``F.unfold``'s whole-batch
+    patch tensor, which is k times the input and falls out of cache. The buffer follows the
+    input's memory format (positions-major for channels_last) so each copy reads contiguously.
     """
     (kh, kw), (sh, sw), (dh, dw) = _conv_geometry(sig.module)
-    x, g = sig.inp, sig.g                                                # (B, C, H, W), (B·G, O, P)
+    x, g, groups = sig.inp, sig.g, sig.groups                     # (B, C, H, W), (B·G, O, P)
     h_out = (x.shape[2] - dh * (kh - 1) - 1) // sh + 1
     w_out = (x.shape[3] - dw * (kw - 1) - 1) // sw + 1
-    c_g = x.shape[1] // sig.groups
-    chunk = max(1, _TEMP_ELEMENTS // max(g.shape[1] * c_g * sig.groups, 1))
+    c_g, kk = x.shape[1] // groups, kh * kw
+    nhwc = x.dim() == 4 and x.shape[1] > 1 and x.is_contiguous(memory_format=torch.channels_last)
+    chunk = max(1, _CACHE_ELEMENTS // (kk * x.shape[1] * h_out * w_out))
     out = []
     for s in range(0, sig.batch, chunk):
-        xs, gs = x[s:s + chunk], g[s * sig.groups:(s + chunk) * sig.groups]
-        total = torch.zeros(gs.shape[0], dtype=g.dtype, device=g.device)
+        xs = x[s:s + chunk]
+        b = xs.shape[0]
+        if nhwc:
+            buf = x.new_empty(b, groups, h_out, w_out, kk, c_g)
+        else:
+            buf = x.new_empty(b, groups, kk, c_g, h_out, w_out)
         for i in range(kh):
             for j in range(kw):
                 view = xs[:, :, i * dh: i * dh + sh * (h_out - 1) + 1: sh,
-                          j * dw: j * dw + sw * (w_out - 1) + 1: sw]
-                d = torch.bmm(gs, view.reshape(gs.shape[0], c_g, h_out * w_out).transpose(1, 2))
-                total += (d * d).sum((1, 2))
-        out.append(total)
+                          j * dw: j * dw + sw * (w_out - 1) + 1: sw].unflatten(1, (groups, c_g))
+                if nhwc:
+                    buf[:, :, :, :, i * kw + j] = view.permute(0, 1, 3, 4, 2)
+                else:
+                    buf[:, :, i * kw + j] = view
+        gs = g[s * groups:(s + b) * groups]
+        if nhwc:
+            patches = buf.view(b * groups, h_out * w_out, kk * c_g).transpose(1, 2)    # (b·G, K, P)
+        else:
+            patches = buf.view(b * groups, kk * c_g, h_out * w_out)
+        # the transposed product has the same norm; it is the fast one when g is position-major
+        # (the gradient of a channels_last output): both operands are then read row by row
+        if gs.stride(1) == 1 and gs.shape[1] > 1:
+            d = torch.bmm(patches, gs.transpose(1, 2))
+        else:
+            d = torch.bmm(gs, patches.transpose(1, 2))
+        out.append((d * d).sum((1, 2)))
     return torch.cat(out)
 
 
@@ -393,10 +412,7 @@ def signal_sq_norm(sig: LayerSignal, method: str = "auto") -> torch.Tensor:
     if sig.weight:
         o_dim, p_dim = sig.g.shape[1:]
         i_dim = sig.module.weight[0].numel()
-        # per-offset matmuls only pay off with several input channels per group: with one or two
-        # (a first layer on grey images) each matmul is a thin (O × P)·(P × C) and unfold wins
-        wide = sig.is_conv and sig.inp.shape[1] // sig.groups >= _MIN_SHIFT_CHANNELS
-        if wide and p_dim > 1 and _reduction(method, i_dim, o_dim, p_dim) == "materialise":
+        if sig.is_conv and p_dim > 1 and _reduction(method, i_dim, o_dim, p_dim) == "materialise":
             total = total + _conv_sq_norm(sig)
         else:
             total = total + _sum_outer_sq_norm(sig.a, sig.g, method)
@@ -559,7 +575,7 @@ def checkpoint_grad_sq_norms(ctx, layers: str = "all", batch_size: int = 256) ->
 # --------------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def iter_head_features(model: nn.Module, x: torch.Tensor, batch_size: int = 1024
+def iter_head_features(model: nn.Module, x: torch.Tensor, batch_size: int = 128
                        ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Stream ``(idx, features, logits)``: the input of ``model.head`` and the model's output.
 
@@ -581,7 +597,7 @@ def iter_head_features(model: nn.Module, x: torch.Tensor, batch_size: int = 1024
         handle.remove()
 
 
-def head_features(model: nn.Module, x, batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+def head_features(model: nn.Module, x, batch_size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
     """Features entering ``model.head`` and the logits, for all of ``x``.
 
     Returns
@@ -632,7 +648,7 @@ def head_grads(features: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) ->
 # reference implementation (validation and benchmarks only: materialises every gradient)
 # --------------------------------------------------------------------------------------------
 
-def vmap_per_sample_sq_norms(model: nn.Module, x, y, *, batch_size: int = 64) -> np.ndarray:
+def vmap_per_sample_sq_norms(model: nn.Module, x, y, *, batch_size: int = 16) -> np.ndarray:
     """Reference: ``‖∇_θ ℓ_i‖²`` over all trainable parameters via ``torch.func.vmap(grad)``.
 
     Materialises a (B, |θ|) gradient per batch; same result as
@@ -647,7 +663,9 @@ def vmap_per_sample_sq_norms(model: nn.Module, x, y, *, batch_size: int = 64) ->
     x, y = _as_inputs(model, x, y)
     batch_size = _check_batch_size(batch_size)
     device = model_device(model)
-    params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
+    # NCHW weights: vmap's batched convolutions run ~1.4x slower on channels_last ones (the CNN
+    # of nets.py), and a reference should run in its own best layout
+    params = {k: v.detach().contiguous() for k, v in model.named_parameters() if v.requires_grad}
     buffers = {k: v.detach() for k, v in model.named_buffers()}
 
     def loss(p, xi, yi):

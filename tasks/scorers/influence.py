@@ -136,7 +136,7 @@ def _head_data(model, x, y, batch_size):
 
 
 def last_layer_self_influence(model: nn.Module, x, y, *, damping: float = DEFAULT_DAMPING,
-                              batch_size: int = 1024) -> np.ndarray:
+                              batch_size: int = 128) -> np.ndarray:
     """Exact last-layer self-influence ``g_iᵀ (H + λI)⁻¹ g_i`` for every sample.
 
     ``H`` is the exact Hessian (w.r.t. ``model.head``) of the mean loss over the same ``x, y``.
@@ -493,7 +493,7 @@ def self_influence(model: nn.Module, x, y, *, variant: str = "last", damping: fl
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     if variant == "last":
-        return last_layer_self_influence(model, x, y, damping=damping, batch_size=max(batch_size, 1024))
+        return last_layer_self_influence(model, x, y, damping=damping, batch_size=batch_size)
     x, y = _as_inputs(model, x, y)
     ekfac = fit_ekfac(model, x, fisher=fisher, batch_size=batch_size, seed=seed, fit_samples=fit_samples)
     return ekfac_self_influence(model, ekfac, x, y, damping=damping, batch_size=batch_size)
