@@ -181,29 +181,36 @@ def finding_per_method(agg: pd.DataFrame, metric: str = FINDING_METRIC) -> pd.Da
 # ---------------------------------------------------------------- plots
 
 
-def _grid_axes(settings: list[tuple], ncols: int):
+def _setting_panels(frame: pd.DataFrame, what: str):
+    """One panel per (noise, rate) of ``frame``, up to 3 per row, and one colour per scorer.
+
+    Returns ``fig``, ``colours`` (scorer -> colour) and ``panels``: (ax, noise, rate, rows of
+    that setting) per setting, in sorted order; the first panel carries the legend.
+    """
+    settings = sorted({(r.noise, r.rate) for r in frame.itertuples()})
+    if not settings:
+        raise ValueError(f"no {what} to plot")
+    ncols = min(3, len(settings))
     nrows = int(np.ceil(len(settings) / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.4 * nrows), squeeze=False)
-    for ax in axes.ravel()[len(settings):]:
+    axes = axes.ravel()
+    for ax in axes[len(settings):]:
         ax.axis("off")
-    return fig, axes.ravel()
-
-
-def _colours(names):
     cmap = plt.get_cmap("tab20")
-    return {n: cmap(i % 20) for i, n in enumerate(sorted(names))}
+    colours = {n: cmap(i % 20) for i, n in enumerate(sorted(frame["scorer"].unique()))}
+    panels = []
+    for ax, (noise, rate) in zip(axes, settings):
+        ax.set_title(f"{noise} · {rate:.0%}", fontsize=10)
+        ax.grid(alpha=0.25)
+        panels.append((ax, noise, rate, frame[(frame.noise == noise) & (frame.rate == rate)]))
+    return fig, colours, panels
 
 
 def found_curves(curves: pd.DataFrame, dest: Path, title: str = "") -> Path:
     """Fraction of mislabels found vs. fraction inspected, mean ± std over seeds, one panel per
     (noise, rate) of one data set. ``curves``: dataset, noise, rate, scorer, seed, fraction, found."""
-    settings = sorted({(r.noise, r.rate) for r in curves.itertuples()})
-    if not settings:
-        raise ValueError("no curves to plot")
-    fig, axes = _grid_axes(settings, min(3, len(settings)))
-    colours = _colours(curves["scorer"].unique())
-    for ax, (noise, rate) in zip(axes, settings):
-        sub = curves[(curves.noise == noise) & (curves.rate == rate)]
+    fig, colours, panels = _setting_panels(curves, "curves")
+    for ax, noise, rate, sub in panels:
         stats = sub.groupby(["scorer", "fraction"])["found"].agg(["mean", "std"]).reset_index()
         for name, s in stats.groupby("scorer"):
             style = {"ls": ":", "lw": 1.2} if name in BASELINES else {"lw": 1.4}
@@ -212,12 +219,10 @@ def found_curves(curves: pd.DataFrame, dest: Path, title: str = "") -> Path:
                             color=colours[name], alpha=0.12, lw=0)
         for f in (0.05, 0.10, 0.20, 0.30):
             ax.axvline(f, color="grey", lw=0.5, alpha=0.4)
-        ax.set_title(f"{noise} · {rate:.0%}", fontsize=10)
         ax.set_xlabel("fraction of training set inspected")
         ax.set_ylabel("fraction of mislabels found")
         ax.set_ylim(0, 1.02)
-        ax.grid(alpha=0.25)
-    axes[0].legend(fontsize=6, ncol=2, loc="lower right")
+    panels[0][0].legend(fontsize=6, ncol=2, loc="lower right")
     return save_figure(fig, dest, title)
 
 
@@ -225,13 +230,8 @@ def accuracy_vs_pruned(rows: pd.DataFrame, dest: Path, title: str = "") -> Path:
     """Test accuracy vs. fraction of the training set pruned (x = noise rate, x = confident
     learning's estimate), mean ± std over seeds per ranker; noisy model at 0, clean labels as a
     line. ``rows``: the benchmark rows of one data set."""
-    settings = sorted({(r.noise, r.rate) for r in rows.itertuples()})
-    if not settings:
-        raise ValueError("no rows to plot")
-    fig, axes = _grid_axes(settings, min(3, len(settings)))
-    colours = _colours(rows["scorer"].unique())
-    for ax, (noise, rate) in zip(axes, settings):
-        sub = rows[(rows.noise == noise) & (rows.rate == rate)]
+    fig, colours, panels = _setting_panels(rows, "rows")
+    for ax, noise, rate, sub in panels:
         for name, s in sub.groupby("scorer"):
             if s["acc_prune_rate"].isna().all() and s["acc_prune_cl"].isna().all():
                 continue  # detection only: this ranker was not retrained
@@ -247,11 +247,9 @@ def accuracy_vs_pruned(rows: pd.DataFrame, dest: Path, title: str = "") -> Path:
             ax.errorbar(np.array(xs)[order], np.array(ys)[order], yerr=np.array(es)[order], label=name,
                         color=colours[name], marker=marker, ms=3, lw=0.9, capsize=2)
         ax.axhline(float(sub["acc_clean"].mean()), color="black", ls="--", lw=0.8, label="clean labels")
-        ax.set_title(f"{noise} · {rate:.0%}", fontsize=10)
         ax.set_xlabel("fraction of training set pruned")
         ax.set_ylabel("test accuracy")
-        ax.grid(alpha=0.25)
-    axes[0].legend(fontsize=6, ncol=2, loc="lower left")
+    panels[0][0].legend(fontsize=6, ncol=2, loc="lower left")
     return save_figure(fig, dest, title)
 
 
