@@ -155,10 +155,10 @@ def exact_tracin_flops(model, sample_shape) -> tuple[float, float]:
     counts = []
 
     def hook(module, inputs, output):
-        o = module.out_channels // module.groups if isinstance(module, (nn.Conv1d, nn.Conv2d)) else module.out_features
-        i = module.weight[0].numel()
-        positions = output[0].numel() // (o * getattr(module, "groups", 1))
         groups = getattr(module, "groups", 1)
+        o = module.out_channels // groups if isinstance(module, (nn.Conv1d, nn.Conv2d)) else module.out_features
+        i = module.weight[0].numel()
+        positions = output[0].numel() // (o * groups)
         matmul = positions * o * i * groups
         norm = (o + i) if positions == 1 else min(positions * o * i, positions ** 2 * (o + i)) * groups
         counts.append((matmul, norm))
