@@ -1,0 +1,220 @@
+"""Neighbour label voting in a feature space (deep k-NN, Bahri et al. 2020; SimiFeat, Zhu et al. 2022).
+
+A mislabelled sample sits among samples of its true class: the labels of its nearest neighbours
+in a good feature space vote against its given label. A clean *hard* sample (an ambiguous image)
+also has mixed neighbours, but its given label still wins a share of the vote, while the loss of
+one model only sees that the sample is hard. The vote therefore complements the loss.
+
+Feature spaces offered (option ``space``):
+
+* ``oos`` (default): out-of-sample. The K fold models of :meth:`TrainingContext.out_of_sample_probs`
+  are retrained with the same folds and seeds (so their probabilities are the very ones the
+  confident scorer and the peers use, cached once); each held-out sample is embedded by the fold
+  model that never saw it and votes are taken among that fold's *training* samples. No sample ever
+  votes for itself, and no model has memorised the label being judged.
+* ``penultimate``: the final audited model's penultimate layer (Bahri et al.'s deep k-NN). Cheap
+  (one forward pass), but the model has seen, and partly memorised, every given label.
+* ``input``: the raw inputs (flattened; user embeddings arrive this way).
+
+The score is ``1 - q(y_i)``, where ``q`` is the similarity-weighted, Laplace-smoothed share of the
+k neighbours carrying each label. ``knn-consensus`` averages that vote with the out-of-sample
+probabilities and the audited run's area under the margin (rank average): three views that fail
+on different samples.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from ..models.training import predict_logits
+from .base import Scorer, TrainingContext, register
+
+SPACES = ("oos", "penultimate", "input")
+
+
+def _normalise(features: torch.Tensor) -> torch.Tensor:
+    features = torch.as_tensor(features, dtype=torch.float32)
+    if features.ndim != 2:
+        features = features.reshape(len(features), -1)
+    features = features - features.mean(0, keepdim=True)
+    return torch.nn.functional.normalize(features, dim=1)
+
+
+def knn_votes(query: np.ndarray | torch.Tensor, reference: np.ndarray | torch.Tensor, reference_labels: np.ndarray,
+              num_classes: int, k: int = 10, exclude_self: bool = False, block: int = 1024) -> np.ndarray:
+    """Similarity-weighted label votes of each query's ``k`` nearest reference samples (cosine).
+
+    Parameters
+    ----------
+    query : shape (m, d) (or (m, ...), flattened)
+    reference : shape (r, d)
+        Same feature space as ``query``.
+    reference_labels : shape (r,), int in [0, num_classes)
+    k : int
+        Neighbours per query, 1 <= k < r.
+    exclude_self : bool
+        ``query`` *is* ``reference`` (same rows): a sample never votes for itself.
+
+    Returns
+    -------
+    np.ndarray, shape (m, num_classes), float64
+        Vote shares per class (rows sum to 1), Laplace-smoothed by one pseudo-vote per class.
+    """
+    q = torch.as_tensor(np.asarray(query), dtype=torch.float32).reshape(len(query), -1)
+    r = torch.as_tensor(np.asarray(reference), dtype=torch.float32).reshape(len(reference), -1)
+    labels = np.asarray(reference_labels, dtype=np.int64)
+    if q.shape[1] != r.shape[1]:
+        raise ValueError(f"query and reference features differ in width: {q.shape[1]} vs {r.shape[1]}")
+    if labels.shape != (len(r),):
+        raise ValueError(f"reference_labels must have shape ({len(r)},), got {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"reference_labels must lie in [0, {num_classes})")
+    if exclude_self and len(q) != len(r):
+        raise ValueError(f"exclude_self needs query is reference, got {len(q)} and {len(r)} rows")
+    if not 1 <= k < len(r):
+        raise ValueError(f"k must lie in [1, {len(r) - 1}], got {k}")
+    if not (torch.isfinite(q).all() and torch.isfinite(r).all()):
+        raise ValueError("features must be finite")
+    # centre both on the reference mean, then unit length: cosine similarity as a dot product
+    centre = r.mean(0, keepdim=True)
+    qn = torch.nn.functional.normalize(q - centre, dim=1)
+    rn = torch.nn.functional.normalize(r - centre, dim=1)
+    lab = torch.as_tensor(labels)
+    votes = torch.ones(len(q), num_classes, dtype=torch.float64)  # one pseudo-vote per class
+    for start in range(0, len(q), block):
+        sim = qn[start:start + block] @ rn.T
+        if exclude_self:
+            rows = torch.arange(sim.shape[0])
+            sim[rows, rows + start] = -np.inf
+        top, idx = sim.topk(k, dim=1)
+        weight = (1.0 + top.double()) / 2.0  # cosine in [-1, 1] -> [0, 1]
+        votes[start:start + block].scatter_add_(1, lab[idx], weight)
+    return (votes / votes.sum(1, keepdim=True)).numpy()
+
+
+def label_disagreement(votes: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``1 - votes[i, y_i]``: shape (n,), higher = the neighbours disagree with the given label."""
+    votes = np.asarray(votes, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    if votes.ndim != 2 or votes.shape[0] != labels.shape[0]:
+        raise ValueError(f"votes must have shape (n, C) with n = {labels.shape[0]}, got {votes.shape}")
+    return 1.0 - votes[np.arange(len(labels)), labels]
+
+
+def _features(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    from .gradients import head_features
+
+    return head_features(model, x)[0].float()
+
+
+def out_of_sample_views(ctx: TrainingContext, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-sample probabilities and k-NN votes from one K-fold pass (cached on the context).
+
+    Folds, seeds and recipe are those of :meth:`TrainingContext.out_of_sample_probs`, so the
+    probabilities equal it (training is deterministic by seed); when the context already holds
+    them (the audit flow's cached ``out-of-sample`` stage) only the votes need the fold models.
+
+    Returns
+    -------
+    probs : np.ndarray, shape (n, C)
+    votes : np.ndarray, shape (n, C) — each sample's vote among its fold's training samples, in the
+        feature space of the fold model that never saw it.
+    """
+    key = f"oos_knn_{k}"
+    if key in ctx._cache:
+        return ctx.out_of_sample_probs(), ctx._cache[key]
+    from sklearn.model_selection import StratifiedKFold
+
+    y = ctx.y.numpy()
+    counts = np.bincount(y, minlength=ctx.num_classes)
+    folds_n = int(min(ctx.kfold, max(2, counts[counts > 0].min())))
+    probs = np.zeros((ctx.n, ctx.num_classes))
+    votes = np.zeros((ctx.n, ctx.num_classes))
+    folds = StratifiedKFold(folds_n, shuffle=True, random_state=ctx.seed).split(np.zeros(ctx.n), y)
+    for fold, (fit, held) in enumerate(folds):
+        cfg = replace(ctx.train_config, seed=ctx.train_config.seed + 1000 * (fold + 1))
+        model = ctx.train(ctx.x[fit], ctx.y[fit], cfg, keep_checkpoints=False).model.eval()
+        probs[held] = torch.softmax(predict_logits(model, ctx.x[held]), 1).double().numpy()
+        with torch.no_grad():
+            votes[held] = knn_votes(_features(model, ctx.x[held]), _features(model, ctx.x[fit]), y[fit],
+                                    ctx.num_classes, k=min(k, len(fit) - 1))
+    ctx._cache.setdefault("oos_probs", probs)
+    ctx._cache[key] = votes
+    return ctx._cache["oos_probs"], votes
+
+
+def neighbour_votes(ctx: TrainingContext, space: str = "oos", k: int = 10) -> np.ndarray:
+    """Each training sample's k-NN label votes in ``space`` (one of :data:`SPACES`). Shape (n, C)."""
+    if space not in SPACES:
+        raise ValueError(f"unknown feature space {space!r}; choose one of {', '.join(SPACES)}")
+    if space == "oos":
+        return out_of_sample_views(ctx, k)[1]
+    if space == "penultimate":
+        with torch.no_grad():
+            feats = _features(ctx.model_at(-1), ctx.x)
+    else:
+        feats = ctx.x.reshape(ctx.n, -1)
+    return knn_votes(feats, feats, ctx.y.numpy(), ctx.num_classes, k=min(k, ctx.n - 1), exclude_self=True)
+
+
+def _int_option(options: dict, name: str, default: int) -> int:
+    value = options.get(name, default)
+    try:
+        value = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"scorer option {name}={value!r} is not an integer") from None
+    if value < 1:
+        raise ValueError(f"scorer option {name} must be >= 1, got {value}")
+    return value
+
+
+@register
+class DeepKnn(Scorer):
+    name = "knn"
+    summary = ("k-NN label vote against the given label (deep k-NN / SimiFeat); space=oos (fold models, "
+               "default) | penultimate | input, k=10")
+
+    def score(self, ctx: TrainingContext) -> np.ndarray:
+        space = str(self.options.get("space", "oos"))
+        votes = neighbour_votes(ctx, space, _int_option(self.options, "k", 10))
+        return label_disagreement(votes, ctx.y.numpy())
+
+
+def consensus_scores(oos_probs: np.ndarray, votes: np.ndarray, aum: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Rank average of three views of the same question, higher = more suspicious.
+
+    Parameters
+    ----------
+    oos_probs : shape (n, C) — out-of-sample probabilities (1 - self-confidence is one view)
+    votes : shape (n, C) — k-NN label votes (1 - own-label share)
+    aum : shape (n,) — area under the margin of the audited run (low = suspicious)
+    labels : shape (n,) — given labels
+
+    Returns
+    -------
+    np.ndarray, shape (n,), in (0, 1]
+    """
+    from .ensemble import rank_average
+
+    labels = np.asarray(labels, dtype=np.int64)
+    oos_probs = np.asarray(oos_probs, dtype=np.float64)
+    if oos_probs.shape != np.shape(votes) or oos_probs.ndim != 2 or oos_probs.shape[0] != labels.shape[0]:
+        raise ValueError(f"oos_probs {oos_probs.shape} and votes {np.shape(votes)} must both be (n, C), n = {len(labels)}")
+    if np.shape(aum) != labels.shape:
+        raise ValueError(f"aum must have shape {labels.shape}, got {np.shape(aum)}")
+    rows = np.arange(len(labels))
+    return rank_average([1.0 - oos_probs[rows, labels], label_disagreement(votes, labels), -np.asarray(aum)])
+
+
+@register
+class KnnConsensus(Scorer):
+    name = "knn-consensus"
+    summary = "rank average of out-of-sample self-confidence, out-of-sample k-NN vote and AUM (k=10)"
+
+    def score(self, ctx: TrainingContext) -> np.ndarray:
+        from .dynamics import area_under_margin
+
+        probs, votes = out_of_sample_views(ctx, _int_option(self.options, "k", 10))
+        return consensus_scores(probs, votes, area_under_margin(ctx.checkpoint_logits(), ctx.y), ctx.y.numpy())

@@ -1,0 +1,212 @@
+"""Neighbour voting, noise-count estimators, remedies and the CIFAR-10N loader (issue 14)."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from winnow.tasks import noise_rate, remedies
+from winnow.tasks.data.cifar10n import load_cifar10n
+from winnow.tasks.scorers.neighbors import consensus_scores, knn_votes, label_disagreement, out_of_sample_views
+
+from helpers import noisy_digits_context
+
+
+# ---------------------------------------------------------------- k-NN votes
+
+
+def _brute_force_votes(q, r, labels, c, k, exclude_self):
+    """The definition, one query at a time: centre on the reference mean, cosine, top k, weights (1+cos)/2."""
+    centre = r.mean(0)
+    qn = (q - centre) / np.linalg.norm(q - centre, axis=1, keepdims=True)
+    rn = (r - centre) / np.linalg.norm(r - centre, axis=1, keepdims=True)
+    out = np.ones((len(q), c))
+    for i in range(len(q)):
+        sim = rn @ qn[i]
+        if exclude_self:
+            sim[i] = -np.inf
+        top = np.argsort(-sim, kind="stable")[:k]
+        for j in top:
+            out[i, labels[j]] += (1 + sim[j]) / 2
+    return out / out.sum(1, keepdims=True)
+
+
+@pytest.mark.parametrize("exclude_self", [False, True])
+def test_knn_votes_match_brute_force(exclude_self):
+    rng = np.random.default_rng(0)
+    r = rng.normal(size=(60, 5))
+    labels = rng.integers(0, 3, size=60)
+    q = r if exclude_self else rng.normal(size=(17, 5))
+    got = knn_votes(q, r, labels, 3, k=7, exclude_self=exclude_self, block=8)  # several blocks
+    np.testing.assert_allclose(got, _brute_force_votes(q, r, labels, 3, 7, exclude_self), atol=1e-5)
+
+
+def test_knn_votes_find_planted_flips_in_clusters():
+    rng = np.random.default_rng(1)
+    centres = rng.normal(scale=10, size=(4, 8))
+    true = np.repeat(np.arange(4), 50)
+    x = centres[true] + rng.normal(size=(200, 8))
+    given = true.copy()
+    flipped = rng.choice(200, 20, replace=False)
+    given[flipped] = (given[flipped] + 1) % 4
+    score = label_disagreement(knn_votes(x, x, given, 4, k=10, exclude_self=True), given)
+    assert set(np.argsort(-score)[:20]) == set(flipped)
+
+
+def test_knn_votes_validate_inputs():
+    x = np.zeros((5, 2))
+    with pytest.raises(ValueError, match="k must lie"):
+        knn_votes(x, x, np.zeros(5, int), 2, k=5)
+    with pytest.raises(ValueError, match="reference_labels must lie"):
+        knn_votes(x, x, np.full(5, 3), 2, k=2)
+    with pytest.raises(ValueError, match="width"):
+        knn_votes(np.zeros((2, 3)), x, np.zeros(5, int), 2, k=2)
+
+
+def test_out_of_sample_views_reproduce_the_contexts_probabilities():
+    """The fold models are the context's own: same folds, seeds and recipe give the same probabilities."""
+    ctx, y_noisy, y_true = noisy_digits_context(0, epochs=3, kfold=3)
+    probs, votes = out_of_sample_views(ctx)
+    ctx2, _, _ = noisy_digits_context(0, epochs=3, kfold=3, train=False)
+    np.testing.assert_allclose(probs, ctx2.out_of_sample_probs(), atol=1e-6)
+    assert votes.shape == probs.shape and np.allclose(votes.sum(1), 1)
+    flipped = y_noisy != y_true
+    score = label_disagreement(votes, y_noisy)
+    assert score[flipped].mean() > score[~flipped].mean() + 0.3
+
+
+def test_consensus_is_the_rank_average_of_its_views():
+    labels = np.array([0, 1, 0, 1])
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7], [0.6, 0.4]])
+    votes = np.array([[0.8, 0.2], [0.3, 0.7], [0.1, 0.9], [0.5, 0.5]])
+    aum = np.array([2.0, 1.0, -1.0, -0.5])
+    s = consensus_scores(probs, votes, aum, labels)
+    assert np.argmax(s) == 2 and np.argmin(s) == 0
+    with pytest.raises(ValueError, match="aum"):
+        consensus_scores(probs, votes, aum[:3], labels)
+
+
+# ---------------------------------------------------------------- noise-count estimators
+
+
+def _synthetic_probs(n=4000, c=5, rate=0.2, accuracy=0.9, seed=0):
+    """Out-of-sample probabilities of a model with the given accuracy on the true labels (surer
+    where it is right, as a trained model is), and labels with ``rate`` symmetric flips."""
+    rng = np.random.default_rng(seed)
+    true = rng.integers(0, c, n)
+    pred = np.where(rng.random(n) < accuracy, true, rng.integers(0, c, n))
+    peak = np.where(pred == true, 0.9, 0.5)
+    probs = np.repeat(((1 - peak) / (c - 1))[:, None], c, axis=1)
+    probs[np.arange(n), pred] = peak
+    probs = 0.7 * probs + 0.3 * rng.dirichlet(np.ones(c), n)
+    given = true.copy()
+    flip = rng.choice(n, int(rate * n), replace=False)
+    given[flip] = (given[flip] + rng.integers(1, c, flip.size)) % c
+    return given, probs, flip.size
+
+
+@pytest.mark.parametrize("method", ["anchor", "confident"])
+def test_estimators_hold_on_an_accurate_model(method):
+    labels, probs, wrong = _synthetic_probs()
+    est = noise_rate.estimate(labels, probs, method)
+    assert abs(est - wrong) / wrong < 0.2
+
+
+def test_anchor_count_is_exact_on_a_known_transition():
+    # the anchors of class j are its clear cases; a fixed 25% of each class's labels are moved
+    c, per = 4, 400
+    true = np.repeat(np.arange(c), per)
+    probs = np.eye(c)[true] * 0.9 + 0.1 / c
+    labels = true.copy()
+    for j in range(c):
+        rows = np.flatnonzero(true == j)[:100]
+        labels[rows] = (j + 1) % c
+    assert noise_rate.anchor_count(labels, probs, quantile=0.9) == 400
+
+
+def test_estimators_validate_inputs():
+    with pytest.raises(ValueError, match="probs must have shape"):
+        noise_rate.anchor_count(np.zeros(3, int), np.ones((4, 2)))
+    with pytest.raises(ValueError, match="unknown noise-count estimator"):
+        noise_rate.estimate(np.zeros(3, int), np.ones((3, 2)), "guess")
+    with pytest.raises(ValueError, match="labels must lie"):
+        noise_rate.mixture_count(np.array([0, 5]), np.ones((2, 2)))
+
+
+# ---------------------------------------------------------------- remedies
+
+
+def test_remedy_plans():
+    labels = np.array([0, 1, 2, 0, 1])
+    flags = np.array([False, True, True, False, True])
+    probs = np.array([[1, 0, 0], [0.9, 0.1, 0], [0.4, 0.3, 0.3], [1, 0, 0], [0, 1, 0]], dtype=float)
+    p = remedies.prune(labels, flags)
+    assert p.rows.tolist() == [0, 3] and p.dropped == 3
+    r = remedies.relabel(labels, flags, probs)
+    # row 1 -> 0 (sure), row 2 dropped (unsure), row 4 dropped (consensus = given label)
+    assert r.rows.tolist() == [0, 1, 3] and r.labels.tolist() == [0, 0, 0] and r.changed == 1 and r.dropped == 2
+    s = remedies.pseudo_label_plan(labels, flags, probs, min_confidence=0.7)
+    assert s.rows.tolist() == [0, 1, 3, 4] and s.labels.tolist() == [0, 0, 0, 1] and s.changed == 1
+    w = remedies.weight(labels, flags, seed=0, suspect_weight=0.0)
+    assert set(w.rows.tolist()) <= {0, 3} and len(w.rows) == 5
+
+
+def test_weight_remedy_draws_suspects_less_often():
+    labels = np.zeros(2000, dtype=int)
+    flags = np.arange(2000) < 1000
+    w = remedies.weight(labels, flags, seed=3, suspect_weight=0.25)
+    drawn_suspects = np.isin(w.rows, np.flatnonzero(flags)).sum()
+    assert 0.15 < drawn_suspects / len(w.rows) < 0.25  # expected 0.25 / 1.25 = 0.2
+
+
+def test_remedies_validate_and_gap():
+    with pytest.raises(ValueError, match="flags must be a boolean"):
+        remedies.prune(np.zeros(3, int), np.zeros(3, int))
+    with pytest.raises(ValueError, match="min_confidence"):
+        remedies.relabel(np.zeros(2, int), np.zeros(2, bool), np.ones((2, 2)), min_confidence=2)
+    assert remedies.gap_recovered(0.8, 0.9, 1.0) == pytest.approx(0.5)
+    assert remedies.gap_recovered(0.8, 0.7, 1.0) == pytest.approx(-0.5)
+    assert np.isnan(remedies.gap_recovered(0.8, 0.9, 0.8))
+
+
+# ---------------------------------------------------------------- CIFAR-10N loader
+
+
+def _tiny_cifar10n(path, n_train=6, n_test=2):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    blobs = []
+    for _ in range(n_train + n_test):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buf, format="PNG")
+        blobs.append(buf.getvalue())
+    clean = rng.integers(0, 10, n_train + n_test)
+    human = (clean + (np.arange(n_train + n_test) % 3 == 0)) % 10
+    table = pa.table({
+        "sample_id": [f"n{i}" for i in range(n_train + n_test)], "label": human, "image": pa.array(blobs, pa.binary()),
+        "split": ["train"] * n_train + ["test"] * n_test, "random_label1": human, "aggre_label": clean,
+        "random_label2": human, "random_label3": human, "worse_label": human, "clean_label": clean,
+    }).replace_schema_metadata({"class_names": ",".join(f"c{i}" for i in range(10))})
+    pq.write_table(table, path)
+    return clean, human
+
+
+def test_cifar10n_loader_keeps_the_truth_out_of_the_labels(tmp_path):
+    clean, human = _tiny_cifar10n(tmp_path / "c.parquet")
+    ds = load_cifar10n(tmp_path / "c.parquet", label_set="random_label1")
+    assert ds.x.shape == (8, 3, 32, 32) and ds.x.dtype == np.float32 and 0 <= ds.x.min() and ds.x.max() <= 1
+    train = ds.split == "train"
+    assert ds.label[train].tolist() == human[:6].tolist()  # the human labels, not the truth
+    assert ds.label[~train].tolist() == clean[6:].tolist()  # the test split is clean
+    assert ds.meta["clean_label"].tolist() == clean.tolist()
+    small = load_cifar10n(tmp_path / "c.parquet", limit=3)
+    assert (small.split == "train").sum() == 3 and (small.split == "test").sum() == 2
+    with pytest.raises(ValueError, match="not a CIFAR-10N human label set"):
+        load_cifar10n(tmp_path / "c.parquet", label_set="clean_label")
+    with pytest.raises(ValueError, match="file not found"):
+        load_cifar10n(tmp_path / "missing.parquet")
