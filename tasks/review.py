@@ -72,17 +72,18 @@ def apply_decisions(ds: Dataset, queue: pd.DataFrame) -> Dataset:
     status = decided["status"].reindex(ds.sample_id).fillna("").to_numpy()
     new_label = decided["new_label"].reindex(ds.sample_id).fillna(-1).to_numpy(np.int64)
     labels = np.where(status == "relabelled", new_label, ds.label)
-    out = Dataset(ds.name, ds.sample_id, ds.x, labels, ds.split, ds.class_names, ds.value_range, dict(ds.meta))
-    return out.subset(status != "dropped")
+    return ds.replace(label=labels).subset(status != "dropped")
 
 
 def concat(parts: list[Dataset], name: str) -> Dataset:
     """One dataset from batches of the same stream (same shape and classes; the gate checks it)."""
     first = parts[0]
     class_names = max((p.class_names for p in parts), key=len)
-    return Dataset(name, np.concatenate([p.sample_id for p in parts]), np.concatenate([p.x for p in parts]),
+    return Dataset(name, np.concatenate([p.sample_id for p in parts]), np.concatenate([p.values for p in parts]),
                    np.concatenate([p.label for p in parts]), np.concatenate([p.split for p in parts]),
-                   list(class_names), first.value_range)
+                   list(class_names), first.value_range,
+                   pred_probs=(np.concatenate([p.pred_probs for p in parts])
+                               if all(p.pred_probs is not None for p in parts) else None))
 
 
 def read_decision_csv(path: Path) -> list[tuple[str, str, int | None]]:
