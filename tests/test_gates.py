@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from helpers import digits_parquet
-from winnow.flows.operate import figures_of, flag, scan
+from winnow.flows.operate import figures_of, scan
+from winnow.tasks.review import rank_flags as flag
 from winnow.tasks import arrivals, canaries, gates, review
 from winnow.tasks.data.dataset import Dataset
 

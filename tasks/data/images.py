@@ -132,6 +132,8 @@ def scan_folder(root: Path) -> dict:
                 raise ValueError(f"{csv}: row {row + 2}: empty 'file'")
             if not label.strip():
                 raise ValueError(f"{csv}: row {row + 2}: empty 'label' for {f!r}")
+            if not (root / f.strip()).is_file():
+                raise ValueError(f"{csv}: row {row + 2}: image {f.strip()!r} not found in {root}")
         files = [f.strip() for f in table["file"]]
         ids = [i.strip() for i in table["id"]] if "id" in table.columns else files
         split = [s.strip() for s in table["split"]] if "split" in table.columns else None
