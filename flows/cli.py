@@ -76,6 +76,20 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument("query")
     sql.add_argument("--format", choices=["table", "csv", "json"], default="table")
 
+    ex = sub.add_parser("export", help="write the audited data set with the review decisions applied",
+                        description="Write the data set of an audit run, in the input's own form, with reviewers' "
+                                    "decisions applied and a provenance column (kept / relabelled from X); the "
+                                    "batch suite checks it before it is written.")
+    ex.add_argument("run", help="the audit's lake run id or MLflow run id (a unique prefix is enough)")
+    ex.add_argument("--out", help="the .parquet file to write (not needed with --dry-run)")
+    ex.add_argument("--drop", choices=["reviewed", "flagged", "none"], default="reviewed",
+                    help="reviewed: what reviewers dropped (default); flagged: also every flagged sample no reviewer "
+                         "decided on; none: nothing")
+    ex.add_argument("--relabel", choices=["reviewed", "flagged", "none"], default="reviewed",
+                    help="reviewed: reviewers' relabels (default); flagged: also undecided flags to their suggested "
+                         "label; none: the given labels")
+    ex.add_argument("--dry-run", action="store_true", help="print the counts, write nothing")
+
     sub.add_parser("scorers", help="list the registered scorers", description="List the registered scorers.")
     for module in _plugin_modules():
         COMMANDS.update(module.add_commands(sub))
@@ -191,6 +205,18 @@ def cmd_sql(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from winnow.tasks.export import export
+
+    if not args.dry_run and not args.out:
+        raise ValueError("--out FILE.parquet is required (or --dry-run)")
+    counts = export(args.run, args.out, args.drop, args.relabel, args.dry_run)
+    what = "would write" if args.dry_run else f"wrote {counts['out']}:"
+    print(f"{what} {counts['kept']:,} of {counts['rows']:,} rows ({counts['dropped']:,} dropped, "
+          f"{counts['relabelled']:,} relabelled) from run {counts['run_id']}")
+    return 0
+
+
 def cmd_scorers(args) -> int:
     from winnow.tasks.scorers import available, get_scorer
 
@@ -199,7 +225,7 @@ def cmd_scorers(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "sql": cmd_sql, "scorers": cmd_scorers}
+COMMANDS = {"run": cmd_run, "sql": cmd_sql, "export": cmd_export, "scorers": cmd_scorers}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,7 +43,9 @@ class Dataset:
         The range every model input (``x``) must lie in (checked by validation); ``None`` bounds
         are open (features).
     meta : dict
-        Free-form provenance (the source file, the input form, how the class set was decided).
+        Free-form provenance (the source file, the input form, how the class set was decided);
+        ``meta["per_row"]`` maps names to one value per row (e.g. the source files), kept aligned
+        by :meth:`subset`.
     pred_probs : np.ndarray, shape (n, num_classes), float, optional
         The user's own out-of-sample probabilities (kind ``probs``).
     kind : str
@@ -110,7 +112,10 @@ class Dataset:
         return Dataset(**fields)
 
     def subset(self, mask: np.ndarray) -> "Dataset":
-        return self.replace(sample_id=self.sample_id[mask], values=self.values[mask], label=self.label[mask],
+        meta = dict(self.meta)
+        if "per_row" in meta:
+            meta["per_row"] = {k: np.asarray(v, dtype=object)[mask].tolist() for k, v in meta["per_row"].items()}
+        return self.replace(meta=meta, sample_id=self.sample_id[mask], values=self.values[mask], label=self.label[mask],
                             split=self.split[mask], class_names=list(self.class_names),
                             pred_probs=None if self.pred_probs is None else self.pred_probs[mask],
                             raw_label=None if self.raw_label is None else self.raw_label[mask])
