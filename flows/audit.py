@@ -17,9 +17,10 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.context import get_run_context
 
-from winnow.tasks import artifacts, lake, stages
+from winnow.tasks import artifacts, lake, noise_rate, stages
 from winnow.tasks.metrics import detection_metrics
 from winnow.tasks.plots import detection_curves
+from winnow.tasks.remedies import REMEDIES
 from winnow.tasks.scorers import parse_scorer_list
 from winnow.tasks.settings import paths
 from winnow.tasks.tracking import log_audit
@@ -62,8 +63,12 @@ class _Stages:
 USER_DATA = ("images", "parquet")  # the user's own labels: audited as they are unless noise is asked for
 
 
-#: the recommended detector first: it ranks the flags (and, for arrivals, the review queue)
-RECOMMENDED = "aum"
+#: the recommended detector first: it ranks the flags (and, for arrivals, the review queue); chosen
+#: leave-one-data-set-out on benchmarks/real_noise.py's grid (README, "Real noise")
+RECOMMENDED = "knn-consensus"
+#: scorers that read the out-of-sample stage (its probabilities, or its fold models' k-NN votes)
+OOS_SCORERS = {"confident", "ensemble", "knn", "knn-consensus"}
+DEFAULT_REMEDY = "prune"
 PROBABILITY_SCORERS = "loss,margin,confident"  # what runs on given pred_probs (no model, no dynamics)
 
 
@@ -80,7 +85,7 @@ def audit(dataset: str = "digits", path: str | None = None, limit: int | None = 
           noise: str | None = None, rate: float = 0.2, seed: int = 0, model: str = "mlp",
           scorers: str | None = None, prune_k: int | None = None,
           epochs: int | None = None, explain_top: int = 0, inputs: dict | None = None,
-          backbone: str | None = None) -> AuditResult:
+          backbone: str | None = None, remedy: str = DEFAULT_REMEDY) -> AuditResult:
     """Audit a data set: every stage cached.
 
     With injected noise (``noise`` other than ``none``; the default for the built-in data sets)
@@ -92,11 +97,15 @@ def audit(dataset: str = "digits", path: str | None = None, limit: int | None = 
     ``inputs`` holds :class:`~winnow.tasks.stages.InputOptions` (class set, shape, image size,
     label column); ``backbone`` a user's exported encoder whose embeddings the head is trained on.
     ``explain_top > 0`` then runs the explain flow on the top ``explain_top`` samples.
+    ``remedy`` (graded runs): what is done with each scorer's top k before retraining
+    (:mod:`winnow.tasks.remedies`: prune, relabel, weight, semi).
     """
     log = get_run_logger()
     noise = noise or ("none" if dataset in USER_DATA else "symmetric")
     if not 0 <= rate < 1:
         raise ValueError(f"--rate must lie in [0, 1), got {rate}")
+    if remedy not in REMEDIES:
+        raise ValueError(f"--remedy {remedy!r} is not one of {', '.join(REMEDIES)}")
     opts = stages.InputOptions(**(inputs or {}))
     run = _Stages()
 
@@ -112,12 +121,12 @@ def audit(dataset: str = "digits", path: str | None = None, limit: int | None = 
     noise_key = run("inject-noise", stages.inject_noise, data_id, noise, rate, seed)
     train_key = run("train", stages.train, data_id, noise_key, model, config)
 
-    needs_oos = noise == "none" or "confident" in names or "ensemble" in names or prune_k is None
+    needs_oos = noise == "none" or prune_k is None or bool(OOS_SCORERS & set(names)) or remedy == "relabel"
     oos_key = (train_key if model == stages.GIVEN_PROBS
                else run("out-of-sample", stages.out_of_sample, train_key) if needs_oos else None)
     score_keys = {n: run(f"score-{n}", stages.score, train_key, n, oos_key) for n in names}
     if prune_k is None:
-        k, k_source = run("estimate-k", stages.estimate_k, oos_key, train_key), "confident learning"
+        k, k_source = run("estimate-k", stages.estimate_k, oos_key, train_key), noise_rate.SOURCE
     else:
         k, k_source = int(prune_k), "--prune-k"
     params = {"dataset": dataset, "path": str(Path(path).resolve()) if path else None, "limit": limit,
@@ -131,7 +140,8 @@ def audit(dataset: str = "digits", path: str | None = None, limit: int | None = 
 
         result = publish_real_audit(train_key, oos_key, score_keys, names, k, k_source, params, run, log)
     else:
-        result = _evaluate(train_key, noise_key, score_keys, names, k, k_source, params, run, log)
+        result = _evaluate(train_key, noise_key, score_keys, names, k, k_source, {**params, "remedy": remedy}, run, log,
+                           oos_key)
     if explain_top > 0:  # after publishing: explain resolves the run through the lake's `runs` table
         from winnow.flows.explain import explain
 
@@ -163,12 +173,15 @@ def _check_run(info: dict, model: str, names: list[str], noise: str, backbone: s
     check_fits(model, info["kind"], tuple(info["shape"]))
 
 
-def _evaluate(train_key, noise_key, score_keys, names, k, k_source, params, run, log) -> AuditResult:
-    """Injected noise: prune + retrain per scorer, the clean-label oracle, and the detection figures."""
+def _evaluate(train_key, noise_key, score_keys, names, k, k_source, params, run, log, oos_key=None) -> AuditResult:
+    """Injected noise: act on each scorer's top k (``params["remedy"]``) + retrain, the clean-label
+    oracle, and the detection figures."""
     dataset, noise, rate, seed, model = (params[a] for a in ("dataset", "noise", "rate", "seed", "model"))
     if model == stages.GIVEN_PROBS:
         raise ValueError("injected noise needs a model to retrain; pred_probs input audits the given labels")
-    pruned = {n: run(f"retrain-{n}", stages.retrain, train_key, n, score_keys[n], k) for n in names}
+    remedy = params.get("remedy", "prune")
+    pruned = {n: run(f"retrain-{n}", stages.retrain, train_key, n, score_keys[n], k, remedy=remedy, oos_key=oos_key)
+              for n in names}
     oracle = run("retrain-oracle", stages.retrain, train_key, "oracle", None, 0, clean=True)
     meta = artifacts.load_json("train", train_key)
 

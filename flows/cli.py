@@ -64,7 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="resize images to H,W (default: the most common size in the data)")
     data.add_argument("--backbone", help="your exported encoder (torch.export .pt2 or TorchScript): the MLP head is "
                                          "trained on its embeddings of the images")
-    run.add_argument("--prune-k", type=int, help="how many to prune (default: confident learning's noise estimate)")
+    run.add_argument("--prune-k", type=int, help="how many to flag (default: the estimated number of wrong labels)")
+    run.add_argument("--remedy", choices=["prune", "relabel", "weight", "semi"], default="prune",
+                     help="with injected noise: what is done with each scorer's top k before retraining (prune; "
+                          "relabel to the out-of-sample consensus; weight = draw them less often; semi = keep the "
+                          "inputs, pseudo-label them from a model trained on the rest)")
     run.add_argument("--epochs", type=_positive_int, help="override the recipe's epoch count")
     run.add_argument("--refresh", action="store_true", help="ignore cached stage results and recompute")
     run.add_argument("--explain", type=_positive_int, default=0, metavar="N",
@@ -152,7 +156,7 @@ def cmd_run(args) -> int:
                           args.min_class_samples).as_dict()
     result = audit(dataset=args.dataset, path=args.path, limit=args.limit, noise=args.noise, rate=args.rate,
                    seed=args.seed, model=args.model, scorers=args.scorers, prune_k=args.prune_k, epochs=args.epochs,
-                   explain_top=args.explain, inputs=inputs, backbone=args.backbone)
+                   explain_top=args.explain, inputs=inputs, backbone=args.backbone, remedy=args.remedy)
     if result.mode == "real":
         return _print_real(result, args.format)
     table = result.table()[["scorer", "auroc", "ap", "precision_at_k", "recall_at_k", "pruned_accuracy", "seconds"]]
@@ -218,9 +222,11 @@ def cmd_export(args) -> int:
 
 
 def cmd_scorers(args) -> int:
+    from winnow.flows.audit import RECOMMENDED
     from winnow.tasks.scorers import available, get_scorer
 
-    for name in available():
+    # the recommended detector first: it is the default and ranks the flags
+    for name in [RECOMMENDED] + [n for n in available() if n != RECOMMENDED]:
         print(f"{name:14s} {get_scorer(name).summary}")
     return 0
 

@@ -14,15 +14,11 @@ import pandas as pd
 from prefect.artifacts import create_markdown_artifact
 
 from winnow.flows.audit import AuditResult, current_flow_run_id
-from winnow.tasks import artifacts, lake, review, stages
+from winnow.tasks import artifacts, lake, noise_rate, review, stages
 from winnow.tasks.settings import paths
 from winnow.tasks.tracking import log_audit
 
-ESTIMATORS = {
-    "confident learning": "confident learning (Northcutt et al. 2021): the off-diagonal mass of the confident "
-                          "joint of the out-of-sample probabilities",
-    "--prune-k": "given with --prune-k",
-}
+ESTIMATORS = {**noise_rate.DESCRIPTIONS, "--prune-k": "given with --prune-k"}
 
 
 def publish_real_audit(train_key: str, oos_key: str, score_keys: dict[str, str], names: list[str], k: int,

@@ -120,6 +120,20 @@ def estimate(labels, probs, method: str) -> int:
 
 #: the estimator winnow uses by default; chosen on the benchmark grid (see the README)
 RECOMMENDED = "anchor"
+#: how a run names its k source (the audit's ``k_source``), and what it means (the real-data report)
+NAMES = {"confident": "confident learning", "anchor": "anchor points", "mixture": "log-odds mixture",
+         "expected": "expected error"}
+DESCRIPTIONS = {
+    "confident learning": "confident learning (Northcutt et al. 2021): the off-diagonal mass of the confident "
+                          "joint of the out-of-sample probabilities",
+    "anchor points": "anchor points (Patrini et al. 2017): per class, the share of other labels among the 3% "
+                     "of samples the out-of-sample model is surest belong to it, times the class count",
+    "log-odds mixture": "the low component's weight in a 2-Gaussian mixture on the out-of-sample log-odds of the "
+                        "given label",
+    "expected error": "the out-of-sample probability mass against the given label, less the model's own "
+                      "uncertainty where it agrees with the label",
+}
+SOURCE = NAMES[RECOMMENDED]
 
 
 def estimate_noise_count(labels, probs) -> int:

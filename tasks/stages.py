@@ -30,7 +30,6 @@ from .data.sources import load_source
 from .models import TrainConfig, build_model
 from .models.training import accuracy, predict_logits
 from .scorers import TrainingContext, get_scorer
-from .scorers.confident import estimate_noise_count
 from .validation import validate_batch
 
 
@@ -246,6 +245,9 @@ def inject_noise(batch_id: str, kind: str, rate: float, seed: int) -> str:
         noisy = noise_lib.class_pair(y, k, rate, seed, noise_lib.confusable_partners(train.x, y, k))
     elif kind == "instance-dependent":
         noisy = noise_lib.instance_dependent(y, k, rate, seed, clean_model_probs(train.x, y, k, seed))
+    elif kind.startswith("human:"):  # CIFAR-10N's real human labels (rate and seed do not apply)
+        from .data.cifar10n import human_labels
+        noisy = human_labels(train.sample_id, kind, ds.meta.get("path"))
     else:
         raise ValueError(f"unknown noise kind {kind!r}; choose one of {noise_lib.NOISE_KINDS}")
     artifacts.save_frame("noise", key, pd.DataFrame({
@@ -342,20 +344,28 @@ def load_context(train_key: str) -> tuple[TrainingContext, AuditData, dict]:
 # ---------------------------------------------------------------- scoring
 
 
-@task(name="out-of-sample", cache_policy=cached("models", "scorers.base"), persist_result=True)
+@task(name="out-of-sample", cache_policy=cached("models", "scorers.base", "scorers.neighbors"), persist_result=True)
 def out_of_sample(train_key: str, folds: int = 4) -> str:
-    """K-fold out-of-sample probabilities (shared by confident learning and the k estimate)."""
+    """K-fold out-of-sample probabilities (shared by confident learning and the k estimate) and,
+    from the same fold models, each sample's k-NN label votes (the `knn` scorers)."""
+    from .scorers.neighbors import out_of_sample_views
+
     ctx, _, _ = load_context(train_key)
     ctx.kfold = folds
     log = get_run_logger()
-    probs = ctx.out_of_sample_probs(on_fold=lambda done, k: log.info("out-of-sample fold %d/%d trained", done, k))
+    probs, votes = out_of_sample_views(ctx, on_fold=lambda done, k: log.info("out-of-sample fold %d/%d trained", done, k))
     artifacts.save_torch("oos", train_key, torch.as_tensor(probs))
+    artifacts.save_torch("oos-knn", train_key, torch.as_tensor(votes))
     return train_key
 
 
 def _with_oos(ctx: TrainingContext, oos_key: str | None) -> TrainingContext:
     if oos_key:
+        from .scorers.neighbors import OOS_VOTES_CACHE
+
         ctx._cache["oos_probs"] = artifacts.load_torch("oos", oos_key).numpy()
+        if artifacts.path("oos-knn", oos_key, ".pt").exists():
+            ctx._cache[OOS_VOTES_CACHE] = artifacts.load_torch("oos-knn", oos_key).numpy()
     return ctx
 
 
@@ -376,9 +386,11 @@ def score(train_key: str, scorer: str, oos_key: str | None = None) -> str:
     return key
 
 
-@task(name="estimate-k", cache_policy=cached("scorers.confident"), persist_result=True)
+@task(name="estimate-k", cache_policy=cached("scorers.confident", "noise_rate"), persist_result=True)
 def estimate_k(oos_key: str, train_key: str) -> int:
-    """Confident learning's estimate of how many training labels are wrong."""
+    """The recommended estimate of how many training labels are wrong (``noise_rate.RECOMMENDED``)."""
+    from .noise_rate import estimate_noise_count
+
     ctx, _, _ = load_context(train_key)
     probs = artifacts.load_torch("oos", oos_key).numpy()
     return estimate_noise_count(ctx.y.numpy(), probs)
@@ -387,29 +399,52 @@ def estimate_k(oos_key: str, train_key: str) -> int:
 # ---------------------------------------------------------------- prune, retrain, oracle
 
 
-@task(name="retrain", cache_policy=cached("models"), persist_result=True,
+@task(name="retrain", cache_policy=cached("models", "remedies"), persist_result=True,
       task_run_name="retrain-{label}")
-def retrain(train_key: str, label: str, score_key: str | None, k: int, clean: bool = False) -> dict:
-    """Drop the top-``k`` of a score table (or nothing) and retrain the same recipe.
+def retrain(train_key: str, label: str, score_key: str | None, k: int, clean: bool = False,
+            remedy: str = "prune", oos_key: str | None = None) -> dict:
+    """Act on the top-``k`` of a score table (or nothing) and retrain the same recipe.
 
+    ``remedy`` (:data:`winnow.tasks.remedies.REMEDIES`): ``prune`` drops the flagged rows;
+    ``relabel`` gives them the out-of-sample consensus (needs ``oos_key``); ``weight`` draws them
+    less often; ``semi`` lets a model trained on the unflagged rows pseudo-label them.
     ``clean=True`` trains on the original labels (the oracle); ``score_key=None`` with ``k=0`` is
     the noisy model retrained as-is.
     """
+    from . import remedies
+
+    if remedy not in remedies.REMEDIES:
+        raise ValueError(f"unknown remedy {remedy!r}; choose one of {', '.join(remedies.REMEDIES)}")
     ctx, data, meta = load_context(train_key)
-    keep = np.ones(ctx.n, dtype=bool)
+    flags = np.zeros(ctx.n, dtype=bool)
     if score_key is not None and k > 0:
         scores = artifacts.load_frame("scores", score_key)["score"].to_numpy()
-        keep[np.argsort(-scores, kind="stable")[:k]] = False
+        flags[np.argsort(-scores, kind="stable")[:k]] = True
     y = data.train.label if clean else data.noisy
-    result = ctx.train(ctx.x[keep], torch.as_tensor(y[keep]), keep_checkpoints=False)
+    if remedy == "prune" or not flags.any():
+        plan = remedies.prune(y, flags)
+    elif remedy == "relabel":
+        if oos_key is None:
+            raise ValueError("remedy 'relabel' needs the out-of-sample probabilities (oos_key)")
+        plan = remedies.relabel(y, flags, artifacts.load_torch("oos", oos_key).numpy())
+    elif remedy == "weight":
+        plan = remedies.weight(y, flags, seed=ctx.train_config.seed)
+    else:  # semi: a model on the unflagged rows pseudo-labels the flagged ones
+        first = ctx.train(ctx.x[~flags], torch.as_tensor(y[~flags]), keep_checkpoints=False).model
+        plan = remedies.pseudo_label_plan(y, flags, torch.softmax(predict_logits(first, ctx.x), 1).double().numpy())
+    keep = np.zeros(ctx.n, dtype=bool)
+    keep[plan.rows] = True
+    result = ctx.train(ctx.x[plan.rows], torch.as_tensor(plan.labels), keep_checkpoints=False)
     acc = accuracy(result.model, data.test.x, data.test.label)
     removed_flipped = int(data.flipped[~keep].sum())
     get_run_logger().info("%s: removed %d (%d truly flipped), test accuracy %.4f", label, int((~keep).sum()),
                           removed_flipped, acc)
     state = {k_: v.detach().cpu() for k_, v in result.model.state_dict().items()}
-    artifacts.save_torch("models", artifacts.key_of("retrain", train_key, label, score_key, k, clean), state)
-    return {"label": label, "test_accuracy": acc, "removed": int((~keep).sum()),
-            "removed_flipped": removed_flipped, "model_key": artifacts.key_of("retrain", train_key, label, score_key, k, clean)}
+    # prune keeps its old key: earlier runs' models stay addressable
+    model_key = artifacts.key_of("retrain", train_key, label, score_key, k, clean, *([remedy] if remedy != "prune" else []))
+    artifacts.save_torch("models", model_key, state)
+    return {"label": label, "test_accuracy": acc, "removed": int((~keep).sum()), "relabelled": plan.changed,
+            "removed_flipped": removed_flipped, "remedy": remedy, "model_key": model_key}
 
 
 def test_logits(train_key: str) -> tuple[np.ndarray, np.ndarray]:

@@ -210,3 +210,26 @@ def test_cifar10n_loader_keeps_the_truth_out_of_the_labels(tmp_path):
         load_cifar10n(tmp_path / "c.parquet", label_set="clean_label")
     with pytest.raises(ValueError, match="file not found"):
         load_cifar10n(tmp_path / "missing.parquet")
+
+
+def test_cifar10n_as_a_benchmark_data_set_with_human_noise(tmp_path):
+    """cifar10n-dev ingests CIFAR's labels; the human labels come back as the noise kind, so the
+    benchmark's truth is exactly 'the person disagreed with CIFAR-10'."""
+    from winnow.flows.benchmark import DEFAULT, _noises_for
+    from winnow.tasks.data.cifar10n import HUMAN_NOISES, human_labels
+    from winnow.tasks.data.sources import load_source
+
+    clean, human = _tiny_cifar10n(tmp_path / "c.parquet")
+    ds = load_source("cifar10n-dev", str(tmp_path / "c.parquet"))
+    assert ds.label.tolist() == clean.tolist()
+    train = ds.split == "train"
+    noisy = human_labels(ds.sample_id[train], "human:random_label1", tmp_path / "c.parquet")
+    assert noisy.tolist() == human[:6].tolist()
+    assert (noisy != ds.label[train]).sum() == (human[:6] != clean[:6]).sum() > 0
+    with pytest.raises(ValueError, match="unknown human noise"):
+        human_labels(ds.sample_id, "human:clean_label", tmp_path / "c.parquet")
+    with pytest.raises(ValueError, match="not in the file"):
+        human_labels(["nope"], "human:aggre_label", tmp_path / "c.parquet")
+    # the human kinds run on CIFAR-10N only, once each; the injected kinds everywhere else
+    assert _noises_for("cifar10n-dev", DEFAULT) == [(n, (0.0,)) for n in HUMAN_NOISES]
+    assert [n for n, _ in _noises_for("digits", DEFAULT)] == ["symmetric", "class-pair", "instance-dependent"]

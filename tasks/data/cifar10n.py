@@ -112,3 +112,43 @@ def load_cifar10n(path: str | Path | None = None, label_set: str = "random_label
     ids = np.array(table.column("sample_id").to_pylist(), dtype=object)
     return Dataset(f"cifar10n-{label_set}", ids, x, labels, split, class_names,
                    meta={"clean_label": clean, "label_set": label_set, "path": str(resolved)})
+
+
+#: the benchmark's names for the human label sets as noise kinds (``--noise human:aggre_label``)
+HUMAN_NOISES = tuple(f"human:{s}" for s in LABEL_SETS[:3])
+DATASET = "cifar10n-dev"
+
+
+def load_cifar10n_dev(path: str | Path | None = None, limit: int | None = None) -> Dataset:
+    """The file as a benchmark data set: ``label`` = CIFAR-10's own (clean) label on every row.
+
+    The human labels come back as *noise* (:func:`human_labels`, the ``human:<label set>`` noise
+    kinds), so the benchmark grades detectors against the truth exactly as it does injected noise.
+    """
+    ds = load_cifar10n(path, "random_label1", limit)
+    clean = ds.meta["clean_label"]
+    return Dataset(DATASET, ds.sample_id, ds.x, clean.copy(), ds.split, ds.class_names,
+                   meta={"path": ds.meta["path"]})
+
+
+def human_labels(sample_ids, kind: str, path: str | Path | None = None) -> np.ndarray:
+    """The human labels of ``kind`` (``human:<label set>``) for these sample ids.
+
+    Returns
+    -------
+    np.ndarray, shape (len(sample_ids),), int64
+    """
+    import pyarrow.parquet as pq
+
+    label_set = kind.removeprefix("human:")
+    if not kind.startswith("human:") or label_set not in LABEL_SETS:
+        raise ValueError(f"unknown human noise {kind!r}; choose one of {', '.join(f'human:{s}' for s in LABEL_SETS)}")
+    resolved = Path(path) if path else default_path()
+    if resolved is None or not resolved.is_file():
+        raise ValueError(f"{resolved or FILE_NAME}: CIFAR-10N file not found (set ${PATH_VARIABLE})")
+    table = pq.read_table(resolved, columns=["sample_id", label_set])
+    lookup = dict(zip(table.column("sample_id").to_pylist(), table.column(label_set).to_pylist()))
+    missing = [s for s in sample_ids if str(s) not in lookup]
+    if missing:
+        raise ValueError(f"{resolved}: sample id {missing[0]!r} is not in the file ({len(missing)} missing)")
+    return np.array([lookup[str(s)] for s in sample_ids], dtype=np.int64)

@@ -114,12 +114,15 @@ def load_source(dataset: str, path: str | None = None, limit: int | None = None,
     (``images``, ``parquet``).
     """
     classes = classes or ClassSpec()
-    if dataset in ("digits", "fashion-mnist", "anomaly") and (classes.declared or shape or image_size
+    if dataset in ("digits", "fashion-mnist", "anomaly", "cifar10n-dev") and (classes.declared or shape or image_size
                                                             or label_column != "label"):
         raise ValueError(f"--classes/--num-classes/--shape/--image-size/--label-column apply to your own data "
                          f"(--dataset images or parquet), not to {dataset}")
     if dataset == "digits":
         return load_digits(limit=limit)
+    if dataset == "cifar10n-dev":  # CIFAR-10 labels; the human ones arrive as noise (human:<label set>)
+        from .cifar10n import load_cifar10n_dev
+        return load_cifar10n_dev(path, limit=limit)
     if dataset == "fashion-mnist":
         return load_fashion_mnist(path, limit=limit)
     if dataset == "images":

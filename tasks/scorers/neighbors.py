@@ -24,6 +24,7 @@ on different samples.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Callable
 
 import numpy as np
 import torch
@@ -32,6 +33,10 @@ from ..models.training import predict_logits
 from .base import Scorer, TrainingContext, register
 
 SPACES = ("oos", "penultimate", "input")
+DEFAULT_K = 10
+#: the context cache entry holding the out-of-sample votes for the default k (the audit flow's
+#: out-of-sample stage persists them and puts them back here)
+OOS_VOTES_CACHE = f"oos_knn_{DEFAULT_K}"
 
 
 def _normalise(features: torch.Tensor) -> torch.Tensor:
@@ -109,12 +114,14 @@ def _features(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return head_features(model, x)[0].float()
 
 
-def out_of_sample_views(ctx: TrainingContext, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+def out_of_sample_views(ctx: TrainingContext, k: int = DEFAULT_K,
+                        on_fold: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Out-of-sample probabilities and k-NN votes from one K-fold pass (cached on the context).
 
     Folds, seeds and recipe are those of :meth:`TrainingContext.out_of_sample_probs`, so the
     probabilities equal it (training is deterministic by seed); when the context already holds
     them (the audit flow's cached ``out-of-sample`` stage) only the votes need the fold models.
+    ``on_fold(done, total)`` is called after each fold.
 
     Returns
     -------
@@ -140,6 +147,8 @@ def out_of_sample_views(ctx: TrainingContext, k: int = 10) -> tuple[np.ndarray, 
         with torch.no_grad():
             votes[held] = knn_votes(_features(model, ctx.x[held]), _features(model, ctx.x[fit]), y[fit],
                                     ctx.num_classes, k=min(k, len(fit) - 1))
+        if on_fold:
+            on_fold(fold + 1, folds_n)
     ctx._cache.setdefault("oos_probs", probs)
     ctx._cache[key] = votes
     return ctx._cache["oos_probs"], votes
@@ -178,7 +187,7 @@ class DeepKnn(Scorer):
 
     def score(self, ctx: TrainingContext) -> np.ndarray:
         space = str(self.options.get("space", "oos"))
-        votes = neighbour_votes(ctx, space, _int_option(self.options, "k", 10))
+        votes = neighbour_votes(ctx, space, _int_option(self.options, "k", DEFAULT_K))
         return label_disagreement(votes, ctx.y.numpy())
 
 
@@ -216,5 +225,5 @@ class KnnConsensus(Scorer):
     def score(self, ctx: TrainingContext) -> np.ndarray:
         from .dynamics import area_under_margin
 
-        probs, votes = out_of_sample_views(ctx, _int_option(self.options, "k", 10))
+        probs, votes = out_of_sample_views(ctx, _int_option(self.options, "k", DEFAULT_K))
         return consensus_scores(probs, votes, area_under_margin(ctx.checkpoint_logits(), ctx.y), ctx.y.numpy())
