@@ -270,7 +270,7 @@ def cmd_remedies(args) -> int:
             x, tx = torch.as_tensor(x), torch.as_tensor(tx)
             factory = lambda: build_model(model_kind, tuple(x.shape[1:]), 10)  # noqa: E731
             info["remedies"] = run_remedies(x, factory, cfg, y_given, y_true, arrays["oos_probs"],
-                                            arrays[f"score/{args.detector}"], tx, ty, seed, info["test_acc_noisy"])
+                                            derived_scores(arrays)[args.detector], tx, ty, seed, info["test_acc_noisy"])
             info["remedies"]["detector"] = args.detector
             (out / f"{name}.json.tmp").write_text(json.dumps(info, indent=1))
             (out / f"{name}.json.tmp").rename(js)
@@ -298,7 +298,7 @@ def derived_scores(arrays) -> dict[str, np.ndarray]:
     out["oos+knn"] = rank_average([oos_sc, knn_oos])
     out["aum+knn"] = rank_average([aum, knn_oos])
     out["aum+oos"] = rank_average([aum, oos_sc])
-    out["aum+knn-pen"] = rank_average([aum, knn_pen])
+    out["knn-aum"] = rank_average([aum, knn_pen])  # = the registered `knn-aum` scorer
     out["aum+oos+knn+knn-pen"] = rank_average([aum, oos_sc, knn_oos, knn_pen])
     # product of probabilities: the label is wrong for the fold model AND for its neighbours
     out["oos*knn"] = 1.0 - arrays["oos_probs"][rows, y] * arrays["oos_votes"][rows, y]
@@ -370,6 +370,20 @@ def cmd_analyse(args) -> int:
         there = {r: np.mean([per_setting[s][r] for s in test]) for r in candidates}
         best = max(there, key=there.get)
         print(f"| {held} | `{pick}` | {there[pick]:.3f} | `{best}` {there[best]:.3f} |")
+    print("\n## Hard clean vs. wrong: AUROC of each view among the 30% of samples with the highest "
+          "training loss (the clean hard samples and most wrong labels both live there)\n")
+    views = ["loss", "cleanlab-quality", "aum", "knn", "knn:space=penultimate", "knn-consensus"]
+    print("| setting | " + " | ".join(f"`{v}`" for v in views) + " |\n|---|" + "---|" * len(views))
+    for s in settings:
+        vals = defaultdict(list)
+        for info, arrays in cells:
+            if info["setting"] != s:
+                continue
+            scores = derived_scores(arrays)
+            hard = scores["loss"] >= np.quantile(scores["loss"], 0.7)
+            for v in views:
+                vals[v].append(detection_metrics(scores[v][hard], arrays["flipped"][hard], 1)["auroc"])
+        print(f"| {s} | " + " | ".join(_ms(vals[v]) for v in views) + " |")
     print("\n## Noise-count estimates: relative error (k̂ − k) / k, mean ± std over seeds\n")
     methods = list(next(iter(counts.values())))
     print("| setting | " + " | ".join(f"`{m}`" for m in methods) + " |\n|---|" + "---|" * len(methods))
@@ -409,7 +423,7 @@ def main(argv=None) -> int:
     m.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     m.add_argument("--limit", type=int, default=3000)
     m.add_argument("--fmnist-limit", type=int, default=6000)
-    m.add_argument("--detector", default="knn-consensus")
+    m.add_argument("--detector", default="knn-aum", help="a ranker of the analysis (stored or derived)")
     m.add_argument("--refresh", action="store_true")
     m.add_argument("--threads", type=int, default=1)
     a = sub.add_parser("analyse")

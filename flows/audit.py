@@ -65,7 +65,7 @@ USER_DATA = ("images", "parquet")  # the user's own labels: audited as they are 
 
 #: the recommended detector first: it ranks the flags (and, for arrivals, the review queue); chosen
 #: leave-one-data-set-out on benchmarks/real_noise.py's grid (README, "Real noise")
-RECOMMENDED = "knn-consensus"
+RECOMMENDED = "knn-aum"
 #: scorers that read the out-of-sample stage (its probabilities, or its fold models' k-NN votes)
 OOS_SCORERS = {"confident", "ensemble", "knn", "knn-consensus"}
 DEFAULT_REMEDY = "prune"

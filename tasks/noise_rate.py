@@ -119,7 +119,7 @@ def estimate(labels, probs, method: str) -> int:
 
 
 #: the estimator winnow uses by default; chosen on the benchmark grid (see the README)
-RECOMMENDED = "anchor"
+RECOMMENDED = "expected"
 #: how a run names its k source (the audit's ``k_source``), and what it means (the real-data report)
 NAMES = {"confident": "confident learning", "anchor": "anchor points", "mixture": "log-odds mixture",
          "expected": "expected error"}

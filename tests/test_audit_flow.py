@@ -24,7 +24,9 @@ def test_audit_reports_detection_and_accuracy(first_run):
     assert set(rows) == {"loss", "random"}
     assert rows["loss"]["auroc"] > rows["random"]["auroc"] + 0.2
     assert 0 < first_run.k < first_run.params["n_train"]
-    assert first_run.k_source == "confident learning"
+    from winnow.tasks import noise_rate
+
+    assert first_run.k_source == noise_rate.SOURCE
     assert 0.5 < first_run.accuracy["noisy"] < first_run.accuracy["oracle"] + 0.05
 
 
@@ -81,6 +83,22 @@ def test_changing_the_scorer_list_recomputes_only_scoring_and_after(first_run):
     status = {s["name"]: s["cached"] for s in changed.stages}
     assert all(status[s] for s in COMPUTE_STAGES | {"out-of-sample", "estimate-k", "score-loss", "retrain-loss"})
     assert not status["score-loss-mean"] and not status["retrain-loss-mean"]
+
+
+def test_the_recommended_detector_and_a_remedy_run_by_default(first_run):
+    """No --scorers: the recommended detector comes first; --remedy relabel retrains every scorer's
+    top k with the out-of-sample consensus labels (reusing the run's cached training)."""
+    from winnow.flows.audit import RECOMMENDED, audit
+
+    result = audit(dataset="digits", noise="symmetric", rate=0.2, seed=0, model="mlp", epochs=4, remedy="relabel")
+    assert result.rows[0]["scorer"] == RECOMMENDED
+    assert result.params["remedy"] == "relabel"
+    status = {s["name"]: s["cached"] for s in result.stages}
+    assert status["train"] and not status[f"retrain-{RECOMMENDED}"]
+    rows = {r["scorer"]: r for r in result.rows}
+    assert rows[RECOMMENDED]["auroc"] > rows["random"]["auroc"] + 0.2
+    with pytest.raises(ValueError, match="--remedy"):
+        audit(dataset="digits", seed=0, epochs=4, remedy="burn")
 
 
 def test_a_bad_batch_stops_the_flow_and_never_reaches_the_lake(prefect_server, tmp_path):

@@ -79,6 +79,23 @@ def test_out_of_sample_views_reproduce_the_contexts_probabilities():
     assert score[flipped].mean() > score[~flipped].mean() + 0.3
 
 
+def test_knn_aum_ranks_planted_flips_above_clean_samples():
+    """The recommended detector on a real training run: AUM and the penultimate-layer vote, rank-averaged."""
+    from winnow.tasks.scorers import get_scorer
+    from winnow.tasks.scorers.dynamics import area_under_margin
+    from winnow.tasks.scorers.ensemble import rank_average
+    from winnow.tasks.scorers.neighbors import neighbour_votes
+
+    ctx, y_noisy, y_true = noisy_digits_context(1, epochs=6)
+    scores = get_scorer("knn-aum")(ctx)
+    parts = [-area_under_margin(ctx.checkpoint_logits(), ctx.y),
+             label_disagreement(neighbour_votes(ctx, "penultimate"), y_noisy)]
+    np.testing.assert_allclose(scores, rank_average(parts))
+    flipped = y_noisy != y_true
+    from sklearn.metrics import roc_auc_score
+    assert roc_auc_score(flipped, scores) > 0.95
+
+
 def test_consensus_is_the_rank_average_of_its_views():
     labels = np.array([0, 1, 0, 1])
     probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7], [0.6, 0.4]])
@@ -109,7 +126,7 @@ def _synthetic_probs(n=4000, c=5, rate=0.2, accuracy=0.9, seed=0):
     return given, probs, flip.size
 
 
-@pytest.mark.parametrize("method", ["anchor", "confident"])
+@pytest.mark.parametrize("method", ["anchor", "confident", "expected"])
 def test_estimators_hold_on_an_accurate_model(method):
     labels, probs, wrong = _synthetic_probs()
     est = noise_rate.estimate(labels, probs, method)

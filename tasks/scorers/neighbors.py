@@ -31,6 +31,7 @@ import torch
 
 from ..models.training import predict_logits
 from .base import Scorer, TrainingContext, register
+from .ensemble import rank_average
 
 SPACES = ("oos", "penultimate", "input")
 DEFAULT_K = 10
@@ -205,8 +206,6 @@ def consensus_scores(oos_probs: np.ndarray, votes: np.ndarray, aum: np.ndarray, 
     -------
     np.ndarray, shape (n,), in (0, 1]
     """
-    from .ensemble import rank_average
-
     labels = np.asarray(labels, dtype=np.int64)
     oos_probs = np.asarray(oos_probs, dtype=np.float64)
     if oos_probs.shape != np.shape(votes) or oos_probs.ndim != 2 or oos_probs.shape[0] != labels.shape[0]:
@@ -227,3 +226,16 @@ class KnnConsensus(Scorer):
 
         probs, votes = out_of_sample_views(ctx, _int_option(self.options, "k", DEFAULT_K))
         return consensus_scores(probs, votes, area_under_margin(ctx.checkpoint_logits(), ctx.y), ctx.y.numpy())
+
+
+@register
+class KnnAum(Scorer):
+    name = "knn-aum"
+    summary = ("rank average of AUM and the k-NN label vote in the final model's penultimate layer "
+               "(no K-fold: one forward pass and a neighbour search on top of training; k=10)")
+
+    def score(self, ctx: TrainingContext) -> np.ndarray:
+        from .dynamics import area_under_margin
+
+        votes = neighbour_votes(ctx, "penultimate", _int_option(self.options, "k", DEFAULT_K))
+        return rank_average([-area_under_margin(ctx.checkpoint_logits(), ctx.y), label_disagreement(votes, ctx.y.numpy())])
