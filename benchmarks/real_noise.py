@@ -58,6 +58,8 @@ DEFAULT_SETTINGS = [
 #: registered scorers computed in every cell (the others are built from the cached pieces)
 SCORERS = ["loss", "loss-mean", "aum", "margin", "confident", "knn", "knn:space=penultimate", "knn-consensus"]
 PEERS = ["cleanlab-issues", "cleanlab-quality"]
+#: the detector `winnow run` uses by default (flows/audit.py RECOMMENDED), for the headline table
+RECOMMENDED = "knn-aum"
 
 
 # ---------------------------------------------------------------- data per setting
@@ -300,6 +302,11 @@ def derived_scores(arrays) -> dict[str, np.ndarray]:
     out["aum+oos"] = rank_average([aum, oos_sc])
     out["knn-aum"] = rank_average([aum, knn_pen])  # = the registered `knn-aum` scorer
     out["aum+oos+knn+knn-pen"] = rank_average([aum, oos_sc, knn_oos, knn_pen])
+    loss = arrays["score/loss"]
+    out["loss+knn-pen"] = rank_average([loss, knn_pen])
+    out["loss+knn"] = rank_average([loss, knn_oos])
+    out["loss+oos+knn-pen"] = rank_average([loss, oos_sc, knn_pen])
+    out["knn-aum-loss"] = rank_average([loss, aum, knn_pen])  # = the registered `knn-aum-loss` scorer
     # product of probabilities: the label is wrong for the fold model AND for its neighbours
     out["oos*knn"] = 1.0 - arrays["oos_probs"][rows, y] * arrays["oos_votes"][rows, y]
     return out
@@ -354,6 +361,18 @@ def cmd_analyse(args) -> int:
             p = [v[1] for v in metrics[s][r]]
             print(f"| `{r}` | {_ms(a)} | {_ms(p)} |")
         print()
+    print("## Headline: the recommended detector beside the peers (AUROC / P@k, mean ± std over seeds)\n")
+    head = [RECOMMENDED, "knn-consensus", "loss", "cleanlab-quality", "cleanlab-issues"]
+    print("| setting | noisy acc | " + " | ".join(f"`{r}`" for r in head)
+          + " | Δ vs best of loss/cleanlab (AUROC, P@k) |\n|---|---|" + "---|" * (len(head) + 1))
+    for s in settings:
+        mean = {r: (np.mean([a for a, _ in metrics[s][r]]), np.mean([p for _, p in metrics[s][r]])) for r in head}
+        cells_txt = [f"{_ms([a for a, _ in metrics[s][r]])} / {_ms([p for _, p in metrics[s][r]])}" for r in head]
+        peers = ["loss", "cleanlab-quality", "cleanlab-issues"]
+        da = mean[RECOMMENDED][0] - max(mean[r][0] for r in peers)
+        dp = mean[RECOMMENDED][1] - max(mean[r][1] for r in peers)
+        print(f"| {s} | {np.mean(acc[s]):.3f} | " + " | ".join(cells_txt) + f" | {da:+.3f}, {dp:+.3f} |")
+    print()
     # leave-one-data-set-out choice (data set = setting family + data: c10n-cnn, c10n-emb, fmnist, digits)
     family = {s: s.split(":")[0] for s in settings}
     per_setting = {s: {r: np.mean([a for a, _ in metrics[s][r]]) + np.mean([p for _, p in metrics[s][r]])
@@ -370,6 +389,16 @@ def cmd_analyse(args) -> int:
         there = {r: np.mean([per_setting[s][r] for s in test]) for r in candidates}
         best = max(there, key=there.get)
         print(f"| {held} | `{pick}` | {there[pick]:.3f} | `{best}` {there[best]:.3f} |")
+    print("\n## Cost: seconds per cell (mean), one CPU thread on a shared machine\n")
+    print("| setting | training | K-fold (cleanlab, confident, knn-consensus) | knn-aum on top of training | ratio |\n"
+          "|---|---|---|---|---|")
+    for s in settings:
+        tr = np.mean([i["train_seconds"] for i, _ in cells if i["setting"] == s])
+        oo = np.mean([i["oos_seconds"] for i, _ in cells if i["setting"] == s])
+        # knn-aum = the checkpoint logits (paid by `loss`, the first scorer) + AUM + the penultimate vote
+        ka = np.mean([i["seconds"]["loss"] + i["seconds"]["aum"] + i["seconds"]["knn:space=penultimate"]
+                      for i, _ in cells if i["setting"] == s])
+        print(f"| {s} | {tr:.0f} | {oo:.0f} | {ka:.1f} | {ka / tr:.2f}× |")
     print("\n## Hard clean vs. wrong: AUROC of each view among the 30% of samples with the highest "
           "training loss (the clean hard samples and most wrong labels both live there)\n")
     views = ["loss", "cleanlab-quality", "aum", "knn", "knn:space=penultimate", "knn-consensus"]

@@ -228,6 +228,17 @@ class KnnConsensus(Scorer):
         return consensus_scores(probs, votes, area_under_margin(ctx.checkpoint_logits(), ctx.y), ctx.y.numpy())
 
 
+def _training_views(ctx: TrainingContext, k: int) -> dict[str, np.ndarray]:
+    """The cheap views of one training run, each higher = more suspicious, shape (n,)."""
+    from .dynamics import area_under_margin
+    from .loss import per_sample_loss
+
+    logits = ctx.checkpoint_logits()
+    votes = neighbour_votes(ctx, "penultimate", k)
+    return {"aum": -area_under_margin(logits, ctx.y), "loss": per_sample_loss(logits[-1], ctx.y),
+            "knn-pen": label_disagreement(votes, ctx.y.numpy())}
+
+
 @register
 class KnnAum(Scorer):
     name = "knn-aum"
@@ -235,7 +246,16 @@ class KnnAum(Scorer):
                "(no K-fold: one forward pass and a neighbour search on top of training; k=10)")
 
     def score(self, ctx: TrainingContext) -> np.ndarray:
-        from .dynamics import area_under_margin
+        views = _training_views(ctx, _int_option(self.options, "k", DEFAULT_K))
+        return rank_average([views["aum"], views["knn-pen"]])
 
-        votes = neighbour_votes(ctx, "penultimate", _int_option(self.options, "k", DEFAULT_K))
-        return rank_average([-area_under_margin(ctx.checkpoint_logits(), ctx.y), label_disagreement(votes, ctx.y.numpy())])
+
+@register
+class KnnAumLoss(Scorer):
+    name = "knn-aum-loss"
+    summary = ("rank average of the final loss, AUM and the penultimate-layer k-NN label vote "
+               "(no K-fold; k=10)")
+
+    def score(self, ctx: TrainingContext) -> np.ndarray:
+        views = _training_views(ctx, _int_option(self.options, "k", DEFAULT_K))
+        return rank_average([views["loss"], views["aum"], views["knn-pen"]])
