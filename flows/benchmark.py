@@ -412,7 +412,8 @@ def bounds_of(grid: Grid) -> list[str]:
         ep = grid.epochs.get(ds) or stages.default_config(ds, DATASET_MODEL[ds]).epochs
         size = {"digits": "all 1,797 samples", "fashion-mnist": f"{lim or 60000:,} train + "
                 f"{min(10000, max(1000, (lim or 20000) // 2)):,} test (seeded subset)",
-                "anomaly": f"{lim or 6000:,} generated series (80% train)"}[ds]
+                "anomaly": f"{lim or 6000:,} generated series (80% train)",
+                CIFAR10N: f"{lim or 10000:,} CIFAR-10N train (seeded subset) + 2,000 clean test"}[ds]
         out.append(f"{ds}: {size}, model `{DATASET_MODEL[ds]}`, {ep} epochs")
     if grid.protocol_scorers:
         out.append(f"prune/relabel retraining only for {', '.join(grid.protocol_scorers)} and the baselines "
