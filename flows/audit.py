@@ -21,7 +21,7 @@ from winnow.tasks import artifacts, lake, noise_rate, stages
 from winnow.tasks.metrics import detection_metrics
 from winnow.tasks.plots import detection_curves
 from winnow.tasks.remedies import REMEDIES
-from winnow.tasks.scorers import parse_scorer_list
+from winnow.tasks.scorers import default_scorers, parse_scorer_list
 from winnow.tasks.settings import paths
 from winnow.tasks.tracking import log_audit
 
@@ -63,21 +63,9 @@ class _Stages:
 USER_DATA = ("images", "parquet")  # the user's own labels: audited as they are unless noise is asked for
 
 
-#: the recommended detector first: it ranks the flags (and, for arrivals, the review queue); chosen
-#: leave-one-data-set-out on benchmarks/real_noise.py's grid (README, "Real noise")
-RECOMMENDED = "knn-aum"
 #: scorers that read the out-of-sample stage (its probabilities, or its fold models' k-NN votes)
 OOS_SCORERS = {"confident", "ensemble", "knn", "knn-consensus"}
 DEFAULT_REMEDY = "prune"
-PROBABILITY_SCORERS = "loss,margin,confident"  # what runs on given pred_probs (no model, no dynamics)
-
-
-def default_scorers(data_kind: str, noise: str) -> str:
-    """The scorers a run uses when ``--scorers`` is not given; the first ranks the flags.
-    Graded runs (injected noise) add ``random``, the floor every figure is read against."""
-    if data_kind == "probs":
-        return PROBABILITY_SCORERS
-    return f"{RECOMMENDED},loss,confident" + (",random" if noise != "none" else "")
 
 
 @flow(name="audit", log_prints=True)

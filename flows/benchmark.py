@@ -262,7 +262,7 @@ def _benchmark(grid, title, command, out, bounds, t_start, log) -> BenchmarkResu
     models = {d: DATASET_MODEL[d] for d in datasets}
     for dataset in datasets:
         limit = g.limits.get(dataset)
-        batch_id = run("ingest", stages.ingest, dataset, None, limit, stages.source_fingerprint(dataset, None))
+        batch_id = run("ingest", stages.ingest, dataset, None, limit, stages.source_fingerprint(dataset, None))["batch_id"]
         run("validate", stages.validate, batch_id)
         run("commit", stages.commit, batch_id)
         for noise, rates in _noises_for(dataset, g):

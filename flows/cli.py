@@ -222,7 +222,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_scorers(args) -> int:
-    from winnow.flows.audit import RECOMMENDED
+    from winnow.tasks.scorers.base import RECOMMENDED
     from winnow.tasks.scorers import available, get_scorer
 
     # the recommended detector first: it is the default and ranks the flags

@@ -30,6 +30,7 @@ from .data.sources import load_source
 from .models import TrainConfig, build_model
 from .models.training import accuracy, predict_logits
 from .scorers import TrainingContext, get_scorer
+from .settings import paths
 from .validation import validate_batch
 
 
@@ -76,7 +77,9 @@ class CodeVersion(CachePolicy):
             names += _winnow_dependencies(module)
             if "get_scorer" in vars(sys.modules[module]):  # it composes other scorers: cover them all
                 names.append("winnow.tasks.scorers")
-        h = hashlib.sha256()
+        # The artifacts a cached result names live under WINNOW_HOME: another home must not be
+        # served a result whose files are not there.
+        h = hashlib.sha256(str(paths().home).encode())
         for name in sorted(set(names)):
             for f in _module_files(name):
                 h.update(f.read_bytes())

@@ -88,7 +88,8 @@ def test_changing_the_scorer_list_recomputes_only_scoring_and_after(first_run):
 def test_the_recommended_detector_and_a_remedy_run_by_default(first_run):
     """No --scorers: the recommended detector comes first; --remedy relabel retrains every scorer's
     top k with the out-of-sample consensus labels (reusing the run's cached training)."""
-    from winnow.flows.audit import RECOMMENDED, audit
+    from winnow.flows.audit import audit
+    from winnow.tasks.scorers.base import RECOMMENDED
 
     result = audit(dataset="digits", noise="symmetric", rate=0.2, seed=0, model="mlp", epochs=4, remedy="relabel")
     assert result.rows[0]["scorer"] == RECOMMENDED
