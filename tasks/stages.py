@@ -257,7 +257,8 @@ def inject_noise(batch_id: str, kind: str, rate: float, seed: int) -> str:
         "sample_id": train.sample_id.astype(str), "original_label": y, "noisy_label": noisy,
         "is_flipped": noisy != y,
     }))
-    get_run_logger().info("%s noise at %.0f%%: %d of %d train labels flipped", kind, rate * 100,
+    shown = float((noisy != y).mean()) if kind.startswith("human:") else rate  # human noise: the file's rate
+    get_run_logger().info("%s noise at %.0f%%: %d of %d train labels flipped", kind, shown * 100,
                           int((noisy != y).sum()), len(y))
     return key
 
