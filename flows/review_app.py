@@ -191,13 +191,11 @@ def create_app(run: str | None = None, reviewer: str | None = None, loopback_onl
             rows = review.decide([sample_id], action, label, by, None if expect is None else str(expect))
         except review.DecisionConflict as exc:
             return JSONResponse({"error": str(exc), "conflict": True, "sample_id": str(exc.row["sample_id"]),
-                                 "state": row_state(exc.row), "progress": _progress(scoped(run))}, 409)
-        except (KeyError, TypeError, ValueError) as exc:
+                                 "state": row_state(exc.row), "progress": review.progress(scoped(run)["status"])}, 409)
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:  # not an object, a field missing, ...
             return JSONResponse({"error": f"decision: {exc}"}, 400)
-        return {"sample_id": sample_id, "state": row_state(rows.iloc[0].to_dict()), "progress": _progress(scoped(run))}
-
-    def _progress(queue: pd.DataFrame) -> dict:
-        return review.progress(queue["status"])
+        return {"sample_id": sample_id, "state": row_state(rows.iloc[0].to_dict()),
+                "progress": review.progress(scoped(run)["status"])}
 
     return app
 
