@@ -152,15 +152,16 @@ def create_app(run: str | None = None, reviewer: str | None = None, loopback_onl
         batch_ids = sorted(set(queue["batch_id"].astype(str)))
         images = {b: review_media.batch_has_images(b) for b in batch_ids}
         explained = set(review_media.explanation_images(queue["sample_id"].astype(str).tolist()))
-        return {"reviewer": reviewer, "run": run, "rows": queue_payload(queue, images, explained),
-                "classes": {b: review_media.batch_classes(b) for b in batch_ids},
-                "progress": review.progress(queue["status"])}
+        # JSONResponse directly: FastAPI's encoder walking 1,000 nested rows took ~0.5 s
+        return JSONResponse({"reviewer": reviewer, "run": run, "rows": queue_payload(queue, images, explained),
+                             "classes": {b: review_media.batch_classes(b) for b in batch_ids},
+                             "progress": review.progress(queue["status"])})
 
     @app.get("/api/state")
     def get_state(run: str | None = None):
         queue = scoped(run)
-        return {"rows": {str(r["sample_id"]): row_state(r) for r in queue.to_dict("records")},
-                "progress": review.progress(queue["status"])}
+        return JSONResponse({"rows": {str(r["sample_id"]): row_state(r) for r in queue.to_dict("records")},
+                             "progress": review.progress(queue["status"])})
 
     @app.get("/api/thumb")
     def thumb(batch: str, id: str):  # noqa: A002 (the query parameter's name)
