@@ -48,8 +48,8 @@ def build_lake(n: int) -> str:
     except (FileNotFoundError, ValueError):
         ds = sources.load_digits()
         reps = int(np.ceil(n / (ds.split == "train").sum())) + 1
-        ds = review.concat([type(ds)(ds.name, np.array([f"{s}-r{r}" for s in ds.sample_id], dtype=object), ds.x,
-                                     ds.label, ds.split, ds.class_names) for r in range(reps)], ds.name)
+        ds = review.concat([ds.replace(sample_id=np.array([f"{s}-r{r}" for s in ds.sample_id], dtype=object))
+                            for r in range(reps)], ds.name)
     batch_id = batches.stage(ds)
     batches.commit(batch_id)
     idx = np.flatnonzero(ds.split == "train")[:n]

@@ -172,7 +172,9 @@ def create_app(run: str | None = None, reviewer: str | None = None, loopback_onl
 
     @app.get("/api/explanation")
     def explanation(id: str):  # noqa: A002
-        found = review_media.explanation_images([id])
+        queue = review.read_queue()
+        flagging = queue.loc[queue["sample_id"] == id, "run_id"].astype(str).tolist()
+        found = review_media.explanation_images([id], {id: flagging[0]} if flagging else None)
         if id not in found:
             raise HTTPException(404, f"sample {id!r} has no explanation")
         return FileResponse(found[id], media_type="image/png")

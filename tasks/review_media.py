@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from . import batches, lake, report
+from .data.dataset import IMAGE_KINDS
 from .settings import paths
 
 THUMBNAIL_PIXELS = 224  # the longer side of a thumbnail; the page shows it small, and large on focus
@@ -34,6 +35,8 @@ def to_unit(sample: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
     sample : shape (C, H, W)
     value_range : (low, high), high > low
     """
+    if value_range[0] is None or value_range[1] is None:
+        raise ValueError(f"value_range: images need both bounds, got {value_range}")
     lo, hi = float(value_range[0]), float(value_range[1])
     if not hi > lo:
         raise ValueError(f"value_range: high must exceed low, got {value_range}")
@@ -80,11 +83,12 @@ def batch_classes(batch_id: str) -> list[str]:
 
 
 def batch_has_images(batch_id: str) -> bool:
+    """Whether a committed batch holds pictures (kind ``images``, (C, H, W) samples)."""
     try:
         ds = _batch(batch_id)[1]
     except FileNotFoundError:
         return False
-    return ds.meta.get("kind", "image") == "image" and is_image(ds.sample_shape)
+    return ds.kind in IMAGE_KINDS and is_image(ds.sample_shape)
 
 
 @functools.lru_cache(maxsize=8192)
@@ -95,11 +99,19 @@ def sample_thumbnail(batch_id: str, sample_id: str) -> bytes | None:
     where, ds = _batch(batch_id)
     if sample_id not in where:
         return None
-    return thumbnail_png(ds.x[where[sample_id]], ds.value_range)
+    # the stored values (uint8 as they came, or floats in value_range): no float copy of the batch
+    value_range = (0, 255) if ds.values.dtype == np.uint8 else ds.value_range
+    return thumbnail_png(ds.values[where[sample_id]], value_range)
 
 
-def explanation_images(sample_ids: list[str]) -> dict[str, Path]:
-    """The explain flow's five-panel PNG of each sample that has one (the newest run's).
+def explanation_images(sample_ids: list[str], runs: dict[str, str] | None = None) -> dict[str, Path]:
+    """The explain flow's five-panel PNG of each sample that has one.
+
+    Parameters
+    ----------
+    sample_ids : the samples wanted
+    runs : optional sample id -> the run that flagged it; that run's explanation is preferred,
+        else the newest one of the sample (the same ids can be explained under several runs)
 
     The ``explanations`` table names the PNG by path; only files under the reports folder that
     still exist are returned.
@@ -107,12 +119,18 @@ def explanation_images(sample_ids: list[str]) -> dict[str, Path]:
     folder = paths().lake / "explanations"
     if not sample_ids or not folder.is_dir() or not any(folder.glob("*.parquet")):
         return {}
-    frame = lake.sql("SELECT sample_id, image_path, created_at FROM explanations ORDER BY created_at")
+    frame = lake.sql("SELECT run_id, sample_id, image_path FROM explanations ORDER BY created_at")
     wanted = set(map(str, sample_ids))
+    runs = runs or {}
     reports = paths().reports.resolve()
     found: dict[str, Path] = {}
-    for sample_id, image_path in zip(frame["sample_id"].astype(str), frame["image_path"].astype(str)):
+    exact: set[str] = set()
+    for run_id, sample_id, image_path in zip(frame["run_id"].astype(str), frame["sample_id"].astype(str),
+                                             frame["image_path"].astype(str)):
         p = Path(image_path).resolve()
-        if sample_id in wanted and p.is_file() and p.is_relative_to(reports):
-            found[sample_id] = p  # later rows (newer runs) win
+        if sample_id not in wanted or sample_id in exact or not (p.is_file() and p.is_relative_to(reports)):
+            continue
+        found[sample_id] = p  # later rows (newer runs) win, unless the flagging run's own was found
+        if runs.get(sample_id) == run_id:
+            exact.add(sample_id)
     return found
