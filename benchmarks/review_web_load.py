@@ -140,6 +140,8 @@ def main(argv=None) -> int:
     ap.add_argument("--home", help="serve this WINNOW_HOME's queue as it is (default: build a temporary lake)")
     ap.add_argument("--screenshot", help="save a PNG of the loaded page here")
     ap.add_argument("--focus", type=int, default=0, help="before the screenshot, move focus this many cards on")
+    ap.add_argument("--focus-explained", action="store_true",
+                    help="before the screenshot, click the first pending card that has explanation panels")
     ap.add_argument("--size", default="1400,900", help="browser window WIDTH,HEIGHT")
     args = ap.parse_args(argv)
     if args.n <= 0 or args.repeats <= 0:
@@ -178,6 +180,12 @@ def main(argv=None) -> int:
             load_once(d, url)
             if args.focus:
                 ActionChains(d).send_keys("j" * args.focus).perform()
+            if args.focus_explained:
+                rows = json.loads(urllib.request.urlopen(url + "api/queue", timeout=120).read())["rows"]
+                hit = next((r["sample_id"] for r in rows if r["explanation"] and r["status"] == "pending"), None)
+                if hit is None:
+                    raise SystemExit("--focus-explained: no pending queued sample has an explanation")
+                d.find_element("css selector", f".card[data-sample-id='{hit}']").click()
             time.sleep(1.5)  # the inspector's pictures
             dest = Path(args.screenshot)
             dest.parent.mkdir(parents=True, exist_ok=True)

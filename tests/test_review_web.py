@@ -263,6 +263,10 @@ def test_filters_and_the_focused_sample(queue, server, driver):
     assert "confident" in driver.find_element("id", "inspector").text
     driver.find_element("css selector", f".card[data-sample-id='{ids[-1]}']").click()  # a signal
     assert driver.find_elements("css selector", "#inspector .big-noimage")
+    press(driver, "5")  # the signals have 2 classes: refused in the page, focus stays, nothing written
+    assert "no class 5" in driver.find_element("id", "toast").text and focused_id(driver) == ids[-1]
+    time.sleep(1)
+    assert review.read_queue().set_index("sample_id").at[ids[-1], "status"] == "pending"
 
 
 def test_two_sessions_deciding_different_samples_both_land(queue, server, driver, tmp_path):

@@ -167,8 +167,8 @@
   function decide(id, action, label) {
     const row = byId.get(id);
     if (action === "relabel" && label === row.given_label) action = "accept"; // "relabel" to the given label = it was right
-    if (action === "relabel" && !(label >= 0 && label < names(row).length)) { toast(`no class ${label} in this batch`, true); return chain; }
-    return queued(id, async () => {
+    if (action === "relabel" && !(label >= 0 && label < names(row).length)) { toast(`no class ${label} in this batch`, true); return false; }
+    queued(id, async () => {
       const previous = { status: row.status, new_label: row.new_label };
       const { status, data } = await send(id, action, label, row.decided_at);
       if (status === 409) { // another tab or person decided it since: show theirs, keep it
@@ -182,10 +182,11 @@
       setProgress(data.progress);
       undoStack.push({ id, previous, madeAt: data.state.decided_at });
     });
+    return true;
   }
 
   function decideAndAdvance(id, action, label) {
-    decide(id, action, label);
+    if (!decide(id, action, label)) return;
     const next = nextPendingAfter(id);
     if (next) focusCard(next); else focusCard(id);
   }
