@@ -99,7 +99,8 @@
       `<p class="decided">batch <code>${esc(row.batch_id.slice(0, 12))}</code>${row.run_id ? ` · run <code>${esc(row.run_id.slice(0, 12))}</code>` : ""}</p>` +
       (row.explanation
         ? `<div>explanation: original · IG given · IG suggested · counterfactual → given · → suggested</div>` +
-          `<img class="explanation" alt="explanation panels of ${esc(row.sample_id)}" src="/api/explanation?id=${encodeURIComponent(row.sample_id)}">`
+          `<a href="/api/explanation?id=${encodeURIComponent(row.sample_id)}" target="_blank" title="full size">` +
+          `<img class="explanation" alt="explanation panels of ${esc(row.sample_id)}" src="/api/explanation?id=${encodeURIComponent(row.sample_id)}"></a>`
         : `<p class="decided">no explanation (run <code>winnow explain</code> on the audit run to add one)</p>`);
   }
 
