@@ -396,23 +396,24 @@ def _toy() -> Dataset:
                    np.arange(8) % 3, np.array(["train"] * 8, dtype=object), ["a", "b", "c"])
 
 
-def _decide_in_a_loop(home: str, ids: list[str], n: int) -> None:
-    os.environ["WINNOW_HOME"] = home
-    for i in range(n):
-        review.decide([ids[i % len(ids)]], "accept" if i % 2 else "pending", by="w" * (i % 5))
+WRITER = """
+import sys
+from winnow.tasks import review
+ids = sys.argv[1].split(",")
+for i in range(int(sys.argv[2])):
+    review.decide([ids[i % len(ids)]], "accept" if i % 2 else "pending", by="w" * (i % 5))
+"""
 
 
 def test_the_queue_reads_whole_while_another_process_rewrites_it(fresh_home):
     """The page polls the queue while decisions rename new parts into place: no read may mix two files."""
-    import multiprocessing
-
     review.enqueue(queue_rows("b", _toy(), 8, "r"))
     ids = review.read_queue().sample_id.tolist()
-    writer = multiprocessing.get_context("fork").Process(target=_decide_in_a_loop, args=(str(fresh_home), ids, 150))
-    writer.start()
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, ",".join(ids), "300"], stderr=subprocess.PIPE, text=True,
+                              env=dict(os.environ, WINNOW_HOME=str(fresh_home)))
     reads = 0
-    while writer.is_alive():
+    while writer.poll() is None:
         assert len(review.read_queue()) == 8
         reads += 1
-    writer.join()
-    assert writer.exitcode == 0 and reads > 10
+    assert writer.returncode == 0, writer.stderr.read()[-2000:]
+    assert reads > 10
