@@ -31,6 +31,7 @@ from .models import TrainConfig, build_model
 from .models.training import accuracy, predict_logits
 from .scorers import TrainingContext, get_scorer
 from .scorers.confident import estimate_noise_count
+from .settings import paths
 from .validation import validate_batch
 
 
@@ -77,7 +78,9 @@ class CodeVersion(CachePolicy):
             names += _winnow_dependencies(module)
             if "get_scorer" in vars(sys.modules[module]):  # it composes other scorers: cover them all
                 names.append("winnow.tasks.scorers")
-        h = hashlib.sha256()
+        # The artifacts a cached result names live under WINNOW_HOME: another home must not be
+        # served a result whose files are not there.
+        h = hashlib.sha256(str(paths().home).encode())
         for name in sorted(set(names)):
             for f in _module_files(name):
                 h.update(f.read_bytes())

@@ -128,7 +128,7 @@ class Dataset:
         h.update(np.ascontiguousarray(self.label, dtype=np.int64).tobytes())
         h.update("\x00".join(map(str, self.split)).encode())
         h.update(str(self.values.dtype).encode())
-        h.update(np.ascontiguousarray(self.values).tobytes())
+        h.update(np.ascontiguousarray(self.values).reshape(-1).view(np.uint8).data)  # no copy when contiguous
         if self.pred_probs is not None:
             h.update(np.ascontiguousarray(self.pred_probs, dtype=np.float64).tobytes())
         h.update(repr((self.sample_shape, self.class_names, tuple(self.value_range), self.kind)).encode())
