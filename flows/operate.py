@@ -328,7 +328,7 @@ def _render_report(run_id, stream, path, batch_id, verdict, figures, flagged, po
         for n in names:
             table[f"rank_{n}"] = [json.loads(r)[n] for r in flagged["ranks"]]
     if pool is not None and scores:
-        flagged_mask = np.isin(pool.sample_id.astype(str), flagged["sample_id"])
+        flagged_mask = pd.Index(pool.sample_id.astype(str)).isin(flagged["sample_id"])
         plot = report.summary_plot(scores, flagged_mask | (planted if planted is not None else False),
                                    pool.label, pool.class_names, planted)
     # the flagged samples reach the review queue only with the batch: only then is there a page to link
