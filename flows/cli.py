@@ -161,7 +161,8 @@ def cmd_run(args) -> int:
         return _print_real(result, args.format)
     table = result.table()[["scorer", "auroc", "ap", "precision_at_k", "recall_at_k", "pruned_accuracy", "seconds"]]
     table = table.rename(columns={"auroc": "AUROC", "ap": "AP", "precision_at_k": "P@k", "recall_at_k": "R@k",
-                                  "pruned_accuracy": f"acc. after {args.remedy}", "seconds": "score s"})
+                                  "pruned_accuracy": "acc. after pruning" if args.remedy == "prune" else f"acc. after {args.remedy}",
+                                  "seconds": "score s"})
     if args.format == "table":
         print_frame(table, "table", title=f"winnow audit · k = {result.k} ({result.k_source})")
         print(f"test accuracy: noisy {result.accuracy['noisy']:.4f} · oracle {result.accuracy['oracle']:.4f}")
