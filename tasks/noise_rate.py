@@ -118,8 +118,11 @@ def estimate(labels, probs, method: str) -> int:
     raise ValueError(f"unknown noise-count estimator {method!r}; choose one of {', '.join(ESTIMATORS)}")
 
 
-#: the estimator winnow uses by default; chosen on the benchmark grid (see the README)
-RECOMMENDED = "expected"
+#: the estimator winnow uses by default. `expected` has the smallest worst-case error on the
+#: benchmark grid (README, "Real noise and remedies") but is not the default yet: the on-arrival
+#: gate's thresholds (deployments/gate.toml) were set on confident learning's counts, and with
+#: `expected` two of the three arrivals of tests/test_operate_e2e.py failed the gate.
+RECOMMENDED = "confident"
 #: how a run names its k source (the audit's ``k_source``), and what it means (the real-data report)
 NAMES = {"confident": "confident learning", "anchor": "anchor points", "mixture": "log-odds mixture",
          "expected": "expected error"}
