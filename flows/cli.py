@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--explain", type=_positive_int, default=0, metavar="N",
                      help="then explain the top N flagged samples of the first scorer (see `winnow explain`)")
     run.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    from winnow.flows.scaleout import worker_options
+
+    worker_options(run)
 
     sql = sub.add_parser("sql", help="query the lake with DuckDB SQL",
                          description="Run a DuckDB query over the lake (views: samples, noise, scores, metrics, runs, ...).")
@@ -91,12 +94,15 @@ def cmd_run(args) -> int:
 
     from winnow.tasks.scorers import parse_scorer_list
 
+    from winnow.flows.scaleout import run_flow, runner_from_args
+
     parse_scorer_list(args.scorers)  # fail before a Prefect server is started for nothing
+    runner = runner_from_args(args)  # and on a cluster that is not there
     if args.refresh:
         os.environ["PREFECT_TASKS_REFRESH_CACHE"] = "true"
     from winnow.flows.audit import audit
 
-    result = audit(dataset=args.dataset, path=args.path, limit=args.limit, noise=args.noise, rate=args.rate,
+    result = run_flow(audit, runner, dataset=args.dataset, path=args.path, limit=args.limit, noise=args.noise, rate=args.rate,
                    seed=args.seed, model=args.model, scorers=args.scorers, prune_k=args.prune_k, epochs=args.epochs,
                    explain_top=args.explain)
     table = result.table()[["scorer", "auroc", "ap", "precision_at_k", "recall_at_k", "pruned_accuracy", "seconds"]]
