@@ -294,6 +294,7 @@ def _benchmark(grid, title, command, out, bounds, t_start, log) -> BenchmarkResu
         rows += r
         curves += c
         log.info("cell %s %s %.0f%% seed %d done", cell["dataset"], cell["noise"], cell["rate"] * 100, cell["seed"])
+    run.finalize()
     table = pd.DataFrame(rows)
     agg = report.aggregate(table)
 

@@ -373,17 +373,36 @@ class Stages:
         future.wait()
         state = future.state
         value = future.result()  # raises the task's exception if it failed
-        self.records.append({"name": pending.name, "cached": state.name == "Cached",
-                             "seconds": _run_seconds(future.task_run_id)})
+        # the task run's own seconds are read from the API at finalize(): the server records a
+        # run from its events, a moment after the worker finished it
+        self.records.append({"name": pending.name, "cached": state.name == "Cached", "seconds": None,
+                             "task_run_id": future.task_run_id})
         pending.value, pending.resolved = value, True
         return value
 
+    def finalize(self, wait: float = 20.0) -> list[dict]:
+        """Fill in the seconds of tasks run on Dask (their task runs' run time, 0 for one served
+        from cache); returns :attr:`records`. A no-op in sequence."""
+        todo = {r["task_run_id"]: r for r in self.records if "task_run_id" in r}
+        if not todo:
+            return self.records
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterId
 
-def _run_seconds(task_run_id) -> float:
-    """A task run's own run time, from the Prefect API (0 when it never ran: served from cache)."""
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        run = client.read_task_run(task_run_id)
-    total = getattr(run, "total_run_time", None)
-    return round(total.total_seconds(), 3) if total else 0.0
+        deadline = time.monotonic() + wait
+        with get_client(sync_client=True) as client:
+            while todo:
+                ids = list(todo)
+                for start in range(0, len(ids), 200):
+                    runs = client.read_task_runs(task_run_filter=TaskRunFilter(id=TaskRunFilterId(any_=ids[start:start + 200])))
+                    for run in runs:
+                        if run.state is not None and run.state.is_final() and run.id in todo:
+                            todo.pop(run.id)["seconds"] = round(run.total_run_time.total_seconds(), 3)
+                if not todo or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+        for r in self.records:
+            r.pop("task_run_id", None)
+            if r["seconds"] is None:  # never recorded by the server in time: unknown, not zero
+                r["seconds"] = float("nan")
+        return self.records
