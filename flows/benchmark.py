@@ -28,7 +28,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.context import get_run_context
 
-from winnow.flows.scaleout import Stages, run_flow, runner_from_args, worker_options
+from winnow.flows.scaleout import Stages, out_of_sample, run_flow, runner_from_args, worker_options
 from winnow.tasks import artifacts, lake, protocols, stages
 from winnow.tasks import benchmark_report as report
 from winnow.tasks.metrics import detection_metrics, found_vs_inspected
@@ -134,7 +134,7 @@ def _submit_cell(run: Stages, batch_id, dataset: str, model: str, noise: str, ra
     config = stages.default_config(dataset, model, grid.epochs.get(dataset), seed).as_dict()
     noise_key = run.submit("inject-noise", stages.inject_noise, batch_id, noise, rate, seed)
     train_key = run.submit("train", stages.train, batch_id, noise_key, model, config)
-    oos_key = run.submit("out-of-sample", stages.out_of_sample, train_key)
+    oos_key = out_of_sample(run, train_key)  # K folds side by side on Dask
     keys = {n: run.submit(f"score-{n}", stages.score, train_key, n, oos_key) for n in grid.scorers}
     keys |= {p: run.submit(f"peer-{p}", protocols.peer_score, train_key, p, oos_key) for p in peers}
     keys["oracle-rank"] = run.submit("oracle-rank", protocols.truth_score, train_key)
@@ -276,7 +276,7 @@ def _benchmark(grid, title, command, out, bounds, t_start, log) -> BenchmarkResu
     cells = []
     for dataset in g.datasets:
         limit = g.limits.get(dataset)
-        batch_id = run.submit("ingest", stages.ingest, dataset, None, limit, stages.source_fingerprint(dataset, None))
+        batch_id = run("ingest", stages.ingest, dataset, None, limit, stages.source_fingerprint(dataset, None))["batch_id"]
         validated = run.submit("validate", stages.validate, batch_id)
         committed = run.submit("commit", stages.commit, batch_id, wait_for=[validated])
         for noise in g.noises:

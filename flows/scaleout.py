@@ -339,14 +339,15 @@ class Stages:
     def __init__(self, parallel: bool | None = None):
         self.records: list[dict] = []
         self.parallel = dask_active() if parallel is None else parallel
+        self._submitted: list[Pending] = []
 
     def __call__(self, name: str, task, *args, **kwargs):
         return self.result(self.submit(name, task, *args, **kwargs))
 
     def submit(self, name: str, task, *args, wait_for: list[Pending] | tuple = (), **kwargs) -> Pending:
         if not self.parallel:
-            args = tuple(self.result(a) if isinstance(a, Pending) else a for a in args)
-            kwargs = {k: self.result(v) if isinstance(v, Pending) else v for k, v in kwargs.items()}
+            args = tuple(self._value(a) for a in args)
+            kwargs = {k: self._value(v) for k, v in kwargs.items()}
             for w in wait_for:
                 self.result(w)
             t0 = time.perf_counter()
@@ -358,10 +359,18 @@ class Stages:
         args = tuple(self._future(a) for a in args)
         kwargs = {k: self._future(v) for k, v in kwargs.items()}
         future = task.submit(*args, wait_for=[self._future(w) for w in wait_for], **kwargs)
-        return Pending(name, future=future)
+        self._submitted.append(Pending(name, future=future))
+        return self._submitted[-1]
 
-    @staticmethod
-    def _future(v):
+    def _value(self, v):
+        if isinstance(v, (list, tuple)):
+            return type(v)(self._value(a) for a in v)
+        return self.result(v) if isinstance(v, Pending) else v
+
+    @classmethod
+    def _future(cls, v):
+        if isinstance(v, (list, tuple)):  # Prefect resolves futures inside collections
+            return type(v)(cls._future(a) for a in v)
         if not isinstance(v, Pending):
             return v
         return v.value if v.resolved and v.future is None else v.future
@@ -382,19 +391,27 @@ class Stages:
 
     def finalize(self, wait: float = 20.0) -> list[dict]:
         """Fill in the seconds of tasks run on Dask (their task runs' run time, 0 for one served
-        from cache); returns :attr:`records`. A no-op in sequence."""
+        from cache); returns :attr:`records`. A no-op in sequence.
+
+        A stage submitted but never awaited (a dependency of others only) is awaited here."""
+        for pending in self._submitted:
+            self.result(pending)
+        self._submitted.clear()
         todo = {r["task_run_id"]: r for r in self.records if "task_run_id" in r}
         if not todo:
             return self.records
         from prefect.client.orchestration import get_client
         from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterId
+        from prefect.client.schemas.sorting import TaskRunSort
 
         deadline = time.monotonic() + wait
         with get_client(sync_client=True) as client:
             while todo:
                 ids = list(todo)
                 for start in range(0, len(ids), 200):
-                    runs = client.read_task_runs(task_run_filter=TaskRunFilter(id=TaskRunFilterId(any_=ids[start:start + 200])))
+                    chunk = ids[start:start + 200]
+                    runs = client.read_task_runs(task_run_filter=TaskRunFilter(id=TaskRunFilterId(any_=chunk)),
+                                                 sort=TaskRunSort.ID_DESC, limit=len(chunk))
                     for run in runs:
                         if run.state is not None and run.state.is_final() and run.id in todo:
                             todo.pop(run.id)["seconds"] = round(run.total_run_time.total_seconds(), 3)
@@ -406,3 +423,12 @@ class Stages:
             if r["seconds"] is None:  # never recorded by the server in time: unknown, not zero
                 r["seconds"] = float("nan")
         return self.records
+
+
+def out_of_sample(run: Stages, train_key, folds: int = 4) -> Pending:
+    """Submit the K out-of-sample folds as separate cached tasks and their merge (the same
+    probabilities as one ``stages.out_of_sample`` task, trained side by side on Dask)."""
+    from winnow.tasks import stages
+
+    parts = [run.submit("out-of-sample-fold", stages.out_of_sample_fold, train_key, f, folds) for f in range(folds)]
+    return run.submit("out-of-sample", stages.merge_out_of_sample, train_key, parts)

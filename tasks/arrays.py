@@ -43,20 +43,21 @@ def write_npy(key: str, shape: tuple[int, ...], dtype, blocks: Iterable[np.ndarr
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     os.close(fd)
     try:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(dtype), shape=tuple(shape))
-        at = 0
-        for block in blocks:
-            block = np.asarray(block)
-            if block.shape[1:] != tuple(shape[1:]):
-                raise ValueError(f"{dest.name}: block of shape {block.shape} does not fit rows of shape {shape[1:]}")
-            if at + len(block) > shape[0]:
-                raise ValueError(f"{dest.name}: blocks hold more than the declared {shape[0]} rows")
-            out[at:at + len(block)] = block
-            at += len(block)
+        # plain sequential writes: the bytes go to the page cache, not to this process's memory
+        with open(tmp, "wb") as fh:
+            np.lib.format.write_array_header_1_0(fh, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                                      "fortran_order": False, "shape": tuple(shape)})
+            at = 0
+            for block in blocks:
+                block = np.ascontiguousarray(block, dtype=np.dtype(dtype))
+                if block.shape[1:] != tuple(shape[1:]):
+                    raise ValueError(f"{dest.name}: block of shape {block.shape} does not fit rows of shape {shape[1:]}")
+                if at + len(block) > shape[0]:
+                    raise ValueError(f"{dest.name}: blocks hold more than the declared {shape[0]} rows")
+                fh.write(block.data)
+                at += len(block)
         if at != shape[0]:
             raise ValueError(f"{dest.name}: blocks hold {at} rows, declared {shape[0]}")
-        out.flush()
-        del out
         os.replace(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -64,11 +65,8 @@ def write_npy(key: str, shape: tuple[int, ...], dtype, blocks: Iterable[np.ndarr
     return dest
 
 
-def open_rows(key: str, scale: float | None = None) -> Rows:
-    """The array ``arrays/<key>.npy`` as streaming :class:`Rows` (read-only memory map).
-
-    ``scale`` multiplies each float32 batch (e.g. 1/255 for uint8 pixels).
-    """
+def open_mapped(key: str) -> np.ndarray:
+    """The array ``arrays/<key>.npy``, read-only and memory-mapped (pages read on use)."""
     p = array_path(key)
     if not p.exists():
         raise FileNotFoundError(f"{p}: array artifact missing (rerun with --refresh)")
@@ -80,11 +78,99 @@ def open_rows(key: str, scale: float | None = None) -> Rows:
         if fortran:
             raise ValueError(f"{p}: Fortran-ordered arrays are not supported")
         if int(np.prod(shape)) == 0:
-            return Rows(np.zeros(shape, dtype=dtype), scale=scale)
+            return np.zeros(shape, dtype=dtype)
         mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-    array = np.ndarray(shape, dtype=dtype, buffer=mm, offset=offset)
+    return np.ndarray(shape, dtype=dtype, buffer=mm, offset=offset)
 
-    def release() -> None:
-        mm.madvise(mmap.MADV_DONTNEED)
 
-    return Rows(array, scale=scale, release=release)
+def _mmap_of(array: np.ndarray) -> mmap.mmap | None:
+    base = array
+    while base is not None:
+        if isinstance(base, mmap.mmap):
+            return base
+        base = getattr(base, "base", None) if not isinstance(base, memoryview) else base.obj
+    return None
+
+
+def rows_of(values: np.ndarray) -> Rows:
+    """A batch's stored values as :class:`Rows` of model inputs: uint8 pixels divided by 255, as
+    ``Dataset.x`` does; a memory-mapped array drops its pages from memory as it is read."""
+    mm = _mmap_of(values)
+    release = (lambda: mm.madvise(mmap.MADV_DONTNEED)) if mm is not None else None
+    return Rows(values, divisor=255.0 if values.dtype == np.uint8 else None, release=release)
+
+
+def open_rows(key: str, divisor: float | None = None) -> Rows:
+    """``arrays/<key>.npy`` as streaming :class:`Rows` (``divisor``: see :class:`Rows`)."""
+    values = open_mapped(key)
+    mm = _mmap_of(values)
+    return Rows(values, divisor=divisor, release=(lambda: mm.madvise(mmap.MADV_DONTNEED)) if mm else None)
+
+
+# ---------------------------------------------------------------- batches with mapped values
+
+
+def _batch_file(batch_id: str) -> Path:
+    from . import batches, lake
+
+    pool = batches.pool_path(batch_id)
+    return pool if pool.exists() else lake.part_path("samples", batch_id)
+
+
+def mapped_training_set(batch_id: str):
+    """A committed batch (or pool) as a ``Dataset`` whose values are memory-mapped.
+
+    The first call writes ``arrays/<batch_id>.npy`` from the Parquet file one row group at a
+    time; every call reads the small columns (ids, labels, splits) with Arrow and maps the values.
+    Nothing reads the values into memory until a stage asks for rows.
+    """
+    import json
+
+    import pyarrow.parquet as pq
+
+    from . import batches
+
+    p = _batch_file(batch_id)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: batch {batch_id} is not in the lake")
+    pf = pq.ParquetFile(p)
+    meta = json.loads(pf.schema_arrow.metadata[b"winnow"])
+    columns = [c for c in pf.schema_arrow.names if c != "pixels"]
+    # without the values column, from_table fills them with zeros the kernel never backs
+    ds = batches.from_table(pq.read_table(p, columns=columns))
+    if "pixels" not in pf.schema_arrow.names or ds.values.size == 0:
+        return ds
+    shape, dtype = tuple(meta["shape"]), np.dtype(meta.get("dtype", "<f4"))
+    write_npy(batch_id, (len(ds), *shape), dtype,
+              (batches._from_binary(rb.column(0), dtype.str, shape)
+               for rb in pf.iter_batches(batch_size=CHUNK_ROWS, columns=["pixels"])))
+    return ds.replace(values=open_mapped(batch_id))
+
+
+CHUNK_ROWS = 65536
+
+
+def mapped_subset(ds, mask: np.ndarray, key: str):
+    """``ds.subset(mask)`` with the values written to ``arrays/<key>-<mask hash>.npy`` and mapped,
+    a chunk at a time, instead of copied into memory. The whole set when ``mask`` is all True."""
+    import hashlib
+
+    mask = np.asarray(mask, dtype=bool)
+    if len(mask) != len(ds):
+        raise ValueError(f"mapped_subset: mask has {len(mask)} entries for {len(ds)} rows")
+    if mask.all():
+        return ds
+    positions = np.flatnonzero(mask)
+    if ds.values.size == 0 or _mmap_of(ds.values) is None:
+        return ds.subset(mask)
+    sub_key = f"{key}-{hashlib.sha256(positions.tobytes()).hexdigest()[:12]}"
+    mm = _mmap_of(ds.values)
+
+    def chunks():
+        for i in range(0, len(positions), CHUNK_ROWS):
+            yield ds.values[positions[i:i + CHUNK_ROWS]]
+            mm.madvise(mmap.MADV_DONTNEED)  # the pages just copied leave this process's memory
+
+    write_npy(sub_key, (len(positions), *ds.sample_shape), ds.values.dtype, chunks())
+    light = ds.replace(values=np.zeros((len(ds), 0), dtype=ds.values.dtype))
+    return light.subset(mask).replace(values=open_mapped(sub_key))

@@ -117,9 +117,9 @@ def test_rows_of_uint8_scale_per_batch_and_stream_a_context():
     from winnow.tasks.scorers import TrainingContext
 
     pixels = np.arange(40, dtype=np.uint8).reshape(10, 4)
-    rows = Rows(pixels, scale=1 / 255)
+    rows = Rows(pixels, divisor=255)
     assert rows.take([3, 1]).dtype == torch.float32
-    assert torch.allclose(rows.take([3, 1]), torch.tensor(pixels[[3, 1]] / 255, dtype=torch.float32))
+    assert torch.equal(rows.take([3, 1]), torch.from_numpy(pixels[[3, 1]].astype(np.float32) / np.float32(255)))
     assert torch.equal(rows.subset(np.array([True] * 5 + [False] * 5)).materialize(), rows.take(range(5)))
     ctx = TrainingContext(rows, np.arange(10) % 2, 2, lambda: build_model("mlp", (4,), 2), [],
                           TrainConfig(epochs=1), np.array([f"s{i}" for i in range(10)]), kfold=2)

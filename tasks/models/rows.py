@@ -27,21 +27,22 @@ class Rows:
         array (a ``np.memmap`` included) is read per batch and converted per batch.
     index : np.ndarray, shape (n,), int64, optional
         Which rows of ``array`` this view holds, in order (default: all).
-    scale : float, optional
-        Multiplies each batch after the float32 cast (e.g. 1/255 for uint8 pixels).
+    divisor : float, optional
+        Divides each batch after the float32 cast (255 for uint8 pixels: the same arithmetic as
+        ``Dataset.x``, so a streamed batch equals the in-memory rows bit for bit).
     release : callable, optional
         Called after about :data:`RELEASE_EVERY_BYTES` were read (drops mapped pages).
     """
 
-    def __init__(self, array, index: np.ndarray | None = None, scale: float | None = None,
+    def __init__(self, array, index: np.ndarray | None = None, divisor: float | None = None,
                  release: Callable[[], None] | None = None):
         if isinstance(array, Rows):
             raise ValueError("Rows(array): array is already a Rows; use .subset() for a view")
         if isinstance(array, torch.Tensor):
-            array = array if array.dtype == torch.float32 and scale is None else array.to(torch.float32)
-            if scale is not None:
-                array = array * scale
-                scale = None
+            array = array if array.dtype == torch.float32 and divisor is None else array.to(torch.float32)
+            if divisor is not None:
+                array = array / divisor
+                divisor = None
         elif not isinstance(array, np.ndarray):
             array = torch.as_tensor(np.asarray(array), dtype=torch.float32)
         elif array.dtype.kind not in "fiub":
@@ -52,7 +53,7 @@ class Rows:
             index = np.asarray(index, dtype=np.int64)
             if index.ndim != 1 or (len(index) and (index.min() < 0 or index.max() >= len(array))):
                 raise ValueError(f"Rows: index must be 1-D positions in [0, {len(array)})")
-        self.array, self.index, self.scale, self.release = array, index, scale, release
+        self.array, self.index, self.divisor, self.release = array, index, divisor, release
         self._read = 0
 
     # ------------------------------------------------------------ shape
@@ -86,8 +87,8 @@ class Rows:
         if self.in_memory:
             return self.array[pos if isinstance(pos, torch.Tensor) else torch.from_numpy(pos)]
         block = np.asarray(self.array[pos], dtype=np.float32)
-        if self.scale is not None:
-            block *= np.float32(self.scale)
+        if self.divisor is not None:
+            block /= np.float32(self.divisor)
         if self.release is not None:
             self._read += block.nbytes
             if self._read >= RELEASE_EVERY_BYTES:
@@ -117,7 +118,7 @@ class Rows:
         positions = positions.astype(np.int64)
         index = positions if self.index is None else self.index[positions]
         view = Rows.__new__(Rows)
-        view.array, view.index, view.scale, view.release, view._read = self.array, index, self.scale, self.release, 0
+        view.array, view.index, view.divisor, view.release, view._read = self.array, index, self.divisor, self.release, 0
         if len(index) and (index.min() < 0 or index.max() >= len(self.array)):
             raise ValueError(f"Rows.subset: positions out of range [0, {len(self)})")
         return view
