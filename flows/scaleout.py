@@ -432,3 +432,37 @@ def out_of_sample(run: Stages, train_key, folds: int = 4) -> Pending:
 
     parts = [run.submit("out-of-sample-fold", stages.out_of_sample_fold, train_key, f, folds) for f in range(folds)]
     return run.submit("out-of-sample", stages.merge_out_of_sample, train_key, parts)
+
+
+# ---------------------------------------------------------------- served deployments
+
+#: ``winnow serve --workers N`` / ``--dask ADDRESS`` hand the choice to the flow runs it starts
+#: (each a fresh process that imports the flow) through these environment variables
+ENV_WORKERS, ENV_DASK = "WINNOW_WORKERS", "WINNOW_DASK"
+
+
+def runner_from_env(flow_obj):
+    """``flow_obj`` with the task runner ``WINNOW_WORKERS`` / ``WINNOW_DASK`` ask for (unchanged
+    when neither is set). Applied where a served flow is defined, so its deployment's runs use it."""
+    workers, address = os.environ.get(ENV_WORKERS), os.environ.get(ENV_DASK)
+    if not workers and not address:
+        return flow_obj
+    threads = int(os.environ.get("WINNOW_TORCH_THREADS", "1"))
+    cls = _runner_class()
+    if address:  # checked by `winnow serve` when it started; not again at every import
+        runner = cls(address=address, torch_threads=threads)
+    else:
+        runner = task_runner(workers=int(workers), torch_threads=threads)
+    return flow_obj.with_options(task_runner=runner)
+
+
+def export_runner_choice(args) -> None:
+    """For ``winnow serve``: check ``--workers``/``--dask`` now, then pass them to the flow runs."""
+    workers, address = getattr(args, "workers", None), getattr(args, "dask", None)
+    if workers is None and not address:
+        return
+    task_runner(workers, address)  # refuses a bad value or an unreachable cluster, in one line
+    if address:
+        os.environ[ENV_DASK] = check_cluster(address)
+    else:
+        os.environ[ENV_WORKERS] = str(workers)
