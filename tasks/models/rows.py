@@ -12,9 +12,12 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-#: a memory-mapped source drops its pages from the process after this many bytes were read:
-#: the page cache keeps them, but they stop counting in the process's resident set
+#: a memory-mapped source drops its pages from the process after about this many bytes were
+#: mapped in: the page cache keeps them, but they stop counting in the process's resident set
 RELEASE_EVERY_BYTES = 64 << 20
+#: what reading one row maps in at least: the kernel maps up to 16 pages around a faulting one
+#: ("fault-around"), so a row of 2 KiB read at random costs 64 KiB of resident memory
+MAPPED_PER_ROW = 64 << 10
 
 
 class Rows:
@@ -22,9 +25,11 @@ class Rows:
 
     Parameters
     ----------
-    array : torch.Tensor or np.ndarray, shape (N, *sample_shape)
+    array : torch.Tensor, np.ndarray or a row file, shape (N, *sample_shape)
         Any real dtype. A tensor is used as is (converted to float32 once, as before); a numpy
-        array (a ``np.memmap`` included) is read per batch and converted per batch.
+        array (a ``np.memmap`` included) or a file read by rows (anything with ``shape``,
+        ``dtype``, ``row_bytes`` and ``file[positions] -> np.ndarray``:
+        :class:`winnow.tasks.arrays.RowFile`) is read per batch and converted per batch.
     index : np.ndarray, shape (n,), int64, optional
         Which rows of ``array`` this view holds, in order (default: all).
     divisor : float, optional
@@ -43,7 +48,7 @@ class Rows:
             if divisor is not None:
                 array = array / divisor
                 divisor = None
-        elif not isinstance(array, np.ndarray):
+        elif not isinstance(array, np.ndarray) and not hasattr(array, "row_bytes"):
             array = torch.as_tensor(np.asarray(array), dtype=torch.float32)
         elif array.dtype.kind not in "fiub":
             raise ValueError(f"Rows: array dtype {array.dtype} is not numeric")
@@ -90,7 +95,8 @@ class Rows:
         if self.divisor is not None:
             block /= np.float32(self.divisor)
         if self.release is not None:
-            self._read += block.nbytes
+            row_bytes = block.nbytes // max(1, len(block))
+            self._read += len(block) * max(row_bytes, MAPPED_PER_ROW)
             if self._read >= RELEASE_EVERY_BYTES:
                 self.release()
                 self._read = 0
