@@ -240,7 +240,8 @@ def markdown(results: list[dict], machine: str) -> str:
                                         f"{r['peak_rss_tree_gib']:.2f}", f"{r['peak_rss_one_process_gib']:.2f}"]) + " |")
     # 10^7 on paper: linear in N from the two largest measured N, per worker setting
     for w in sorted({r["workers"] for r in results}):
-        rs = sorted((r for r in results if r["workers"] == w), key=lambda r: r["n"])
+        by_n = {r["n"]: r for r in results if r["workers"] == w}  # the last run of each N
+        rs = [by_n[n] for n in sorted(by_n)]
         if len(rs) >= 2:
             a, b = rs[-2], rs[-1]
             f = lambda key: b[key] + (b[key] - a[key]) * (10_000_000 - b["n"]) / (b["n"] - a["n"])  # noqa: E731
