@@ -22,7 +22,7 @@ from winnow.flows.scaleout import Pending, out_of_sample
 from winnow.tasks import artifacts, lake, stages
 from winnow.tasks.metrics import detection_metrics
 from winnow.tasks.plots import detection_curves
-from winnow.tasks.scorers import parse_scorer_list
+from winnow.tasks.scorers import default_scorers, parse_scorer_list
 from winnow.tasks.settings import paths
 from winnow.tasks.tracking import log_audit
 
@@ -47,19 +47,6 @@ class AuditResult:
 
 
 USER_DATA = ("images", "parquet")  # the user's own labels: audited as they are unless noise is asked for
-
-
-#: the recommended detector first: it ranks the flags (and, for arrivals, the review queue)
-RECOMMENDED = "aum"
-PROBABILITY_SCORERS = "loss,margin,confident"  # what runs on given pred_probs (no model, no dynamics)
-
-
-def default_scorers(data_kind: str, noise: str) -> str:
-    """The scorers a run uses when ``--scorers`` is not given; the first ranks the flags.
-    Graded runs (injected noise) add ``random``, the floor every figure is read against."""
-    if data_kind == "probs":
-        return PROBABILITY_SCORERS
-    return f"{RECOMMENDED},loss,confident" + (",random" if noise != "none" else "")
 
 
 @flow(name="audit", log_prints=True)
@@ -133,13 +120,14 @@ def _check_run(info: dict, model: str, names: list[str], noise: str, backbone: s
     """Refuse, in one line and before any training, a model or scorer this data cannot take."""
     from winnow.tasks.models.nets import check_fits
     from winnow.tasks.scorers import probability_scorers
+    from winnow.tasks.scorers.base import scorer_class
 
     if info["kind"] == "probs":
         if noise != "none":
             raise ValueError("pred_probs input audits the labels as given: --noise must be none")
         if backbone:
             raise ValueError("--backbone embeds images; this file holds pred_probs, which need no model")
-        wrong = [n for n in names if n not in probability_scorers()]
+        wrong = [n for n in names if scorer_class(n).needs_model]
         if wrong:
             raise ValueError(f"scorer(s) {', '.join(wrong)} need a trained model; on pred_probs choose from "
                              f"{', '.join(probability_scorers())}")

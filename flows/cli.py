@@ -79,6 +79,20 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument("query")
     sql.add_argument("--format", choices=["table", "csv", "json"], default="table")
 
+    ex = sub.add_parser("export", help="write the audited data set with the review decisions applied",
+                        description="Write the data set of an audit run, in the input's own form, with reviewers' "
+                                    "decisions applied and a provenance column (kept / relabelled from X); the "
+                                    "batch suite checks it before it is written.")
+    ex.add_argument("run", help="the audit's lake run id or MLflow run id (a unique prefix is enough)")
+    ex.add_argument("--out", help="the .parquet file to write (not needed with --dry-run)")
+    ex.add_argument("--drop", choices=["reviewed", "flagged", "none"], default="reviewed",
+                    help="reviewed: what reviewers dropped (default); flagged: also every flagged sample no reviewer "
+                         "decided on; none: nothing")
+    ex.add_argument("--relabel", choices=["reviewed", "flagged", "none"], default="reviewed",
+                    help="reviewed: reviewers' relabels (default); flagged: also undecided flags to their suggested "
+                         "label; none: the given labels")
+    ex.add_argument("--dry-run", action="store_true", help="print the counts, write nothing")
+
     sub.add_parser("scorers", help="list the registered scorers", description="List the registered scorers.")
     for module in _plugin_modules():
         COMMANDS.update(module.add_commands(sub))
@@ -172,6 +186,7 @@ def _print_real(result, fmt: str) -> int:
         return 0
     print(f"estimated wrong labels: {est['estimated_wrong_labels']:,} of {est['samples']:,} "
           f"({est['estimated_noise_rate']:.1%}) — {est['estimator']} ({est['folds']})")
+    print(f"data: {result.params['data_kind']} ({result.params['form']}); classes: {result.params['classes']}")
     test = f"; test rows {est['test_oos_accuracy']:.4f}" if est["test_rows"] else ""
     print(f"out-of-sample agreement with the given labels: {est['oos_accuracy']:.4f}{test}")
     top = flagged.head(20).reset_index(drop=True)
@@ -196,6 +211,18 @@ def cmd_sql(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from winnow.tasks.export import export
+
+    if not args.dry_run and not args.out:
+        raise ValueError("--out FILE.parquet is required (or --dry-run)")
+    counts = export(args.run, args.out, args.drop, args.relabel, args.dry_run)
+    what = "would write" if args.dry_run else f"wrote {counts['out']}:"
+    print(f"{what} {counts['kept']:,} of {counts['rows']:,} rows ({counts['dropped']:,} dropped, "
+          f"{counts['relabelled']:,} relabelled) from run {counts['run_id']}")
+    return 0
+
+
 def cmd_scorers(args) -> int:
     from winnow.tasks.scorers import available, get_scorer
 
@@ -204,7 +231,7 @@ def cmd_scorers(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "sql": cmd_sql, "scorers": cmd_scorers}
+COMMANDS = {"run": cmd_run, "sql": cmd_sql, "export": cmd_export, "scorers": cmd_scorers}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -56,7 +56,7 @@ def to_table(ds: Dataset, batch_id: str) -> pa.Table:
         cols["pred_probs"] = _fixed_binary(np.asarray(ds.pred_probs, dtype="<f8"))
     meta = {"shape": list(ds.sample_shape), "dtype": np.dtype(ds.values.dtype).newbyteorder("<").str,
             "class_names": ds.class_names, "value_range": list(ds.value_range), "name": ds.name, "kind": ds.kind,
-            "source": {k: v for k, v in ds.meta.items() if isinstance(v, (str, int, float, list))}}
+            "source": {k: v for k, v in ds.meta.items() if isinstance(v, (str, int, float, list, dict))}}
     return pa.table(cols).replace_schema_metadata({"winnow": json.dumps(meta, default=str)})
 
 

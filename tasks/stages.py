@@ -31,6 +31,7 @@ from .models import TrainConfig, build_model
 from .models.training import accuracy, predict_logits
 from .scorers import TrainingContext, get_scorer
 from .scorers.confident import estimate_noise_count
+from .settings import paths
 from .validation import validate_batch
 
 
@@ -77,7 +78,9 @@ class CodeVersion(CachePolicy):
             names += _winnow_dependencies(module)
             if "get_scorer" in vars(sys.modules[module]):  # it composes other scorers: cover them all
                 names.append("winnow.tasks.scorers")
-        h = hashlib.sha256()
+        # The artifacts a cached result names live under WINNOW_HOME: another home must not be
+        # served a result whose files are not there.
+        h = hashlib.sha256(str(paths().home).encode())
         for name in sorted(set(names)):
             for f in _module_files(name):
                 h.update(f.read_bytes())
@@ -279,8 +282,7 @@ def load_audit_data(batch_id: str, noise_key: str) -> AuditData:
     # training and scoring read them a batch at a time (arrays.rows_of)
     ds = arrays.mapped_training_set(batch_id)
     nz = artifacts.load_frame("noise", noise_key).set_index("sample_id")
-    # a hash lookup: np.isin on object (string) arrays compares every pair (62 s at 20,000 rows)
-    audited = pd.Index(ds.sample_id.astype(str)).isin(nz.index)
+    audited = pd.Index(ds.sample_id.astype(str)).isin(nz.index)  # np.isin on object arrays is quadratic
     train = arrays.mapped_subset(ds, audited, batch_id)
     test = arrays.mapped_subset(ds, ~audited & (ds.split == "test"), batch_id)
     nz = nz.loc[train.sample_id.astype(str)]

@@ -43,7 +43,9 @@ class Dataset:
         The range every model input (``x``) must lie in (checked by validation); ``None`` bounds
         are open (features).
     meta : dict
-        Free-form provenance (the source file, the input form, how the class set was decided).
+        Free-form provenance (the source file, the input form, how the class set was decided);
+        ``meta["per_row"]`` maps names to one value per row (e.g. the source files), kept aligned
+        by :meth:`subset`.
     pred_probs : np.ndarray, shape (n, num_classes), float, optional
         The user's own out-of-sample probabilities (kind ``probs``).
     kind : str
@@ -110,7 +112,10 @@ class Dataset:
         return Dataset(**fields)
 
     def subset(self, mask: np.ndarray) -> "Dataset":
-        return self.replace(sample_id=self.sample_id[mask], values=self.values[mask], label=self.label[mask],
+        meta = dict(self.meta)
+        if "per_row" in meta:
+            meta["per_row"] = {k: np.asarray(v, dtype=object)[mask].tolist() for k, v in meta["per_row"].items()}
+        return self.replace(meta=meta, sample_id=self.sample_id[mask], values=self.values[mask], label=self.label[mask],
                             split=self.split[mask], class_names=list(self.class_names),
                             pred_probs=None if self.pred_probs is None else self.pred_probs[mask],
                             raw_label=None if self.raw_label is None else self.raw_label[mask])
@@ -123,7 +128,7 @@ class Dataset:
         h.update(np.ascontiguousarray(self.label, dtype=np.int64).tobytes())
         h.update("\x00".join(map(str, self.split)).encode())
         h.update(str(self.values.dtype).encode())
-        h.update(np.ascontiguousarray(self.values).tobytes())
+        h.update(np.ascontiguousarray(self.values).reshape(-1).view(np.uint8).data)  # no copy when contiguous
         if self.pred_probs is not None:
             h.update(np.ascontiguousarray(self.pred_probs, dtype=np.float64).tobytes())
         h.update(repr((self.sample_shape, self.class_names, tuple(self.value_range), self.kind)).encode())

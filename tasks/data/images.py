@@ -194,6 +194,6 @@ def load_image_folder(root: str | Path, name: str | None = None, classes=None,
     else:
         split = deterministic_split(ids, test_fraction)
     return Dataset(name or root.name, ids, pixels, mapping.label, split, mapping.class_names,
-                   meta={"source": str(root.resolve()), "form": found["layout"], "files": found["files"],
+                   meta={"source": str(root.resolve()), "form": found["layout"], "per_row": {"files": found["files"]},
                          "classes_source": mapping.source, "class_problems": mapping.problems, **info},
                    raw_label=mapping.raw)
