@@ -7,7 +7,8 @@ What "intact" means per file:
   its content (``lake/samples/<batch_id>``, ``artifacts/staging/<batch_id>``,
   ``artifacts/pools/<pool_id>``) still hashes to its name;
 - ``.pt`` (checkpoints, probabilities, models): ``torch.load`` succeeds (its zip records carry CRC32s);
-- ``.json`` (artifact metadata, Prefect's persisted task results): it parses.
+- ``.json`` (artifact metadata): it parses; Prefect's persisted results (JSON records or base64
+  pickles): they parse to their end.
 
 Files that end in ``.tmp`` are what an interrupted write left; nothing reads them.
 """
@@ -50,14 +51,38 @@ def check_file(path: Path, home: Path) -> str | None:
                     return f"content hash {actual} does not match its name {path.stem}"
         elif path.suffix == ".pt":
             read_torch(path)
-        elif path.suffix == ".json" or path.parent.name == "results":
+        elif path.suffix == ".json":
             read_json(path)
+        elif path.parent.name == "results":
+            return _check_prefect_result(path.read_bytes())
         else:
             path.read_bytes()  # at least readable (reports, plots)
     except CorruptFile as exc:
         return exc.reason
     except (OSError, ValueError, KeyError) as exc:
         return f"{exc.__class__.__name__}: {(str(exc).splitlines() or [''])[0]}"
+    return None
+
+
+def _check_prefect_result(blob: bytes) -> str | None:
+    """A persisted Prefect result is a JSON record (task results) or a base64 pickle (a flow's
+    return value); walk the pickle's opcodes to its end without running it."""
+    import base64
+    import binascii
+    import json
+    import pickletools
+
+    if blob.lstrip().startswith(b"{"):
+        try:
+            json.loads(blob)
+        except ValueError as exc:
+            return f"not valid JSON: {exc}"
+        return None
+    try:
+        for _ in pickletools.genops(base64.b64decode(b"".join(blob.split()), validate=True)):
+            pass
+    except (binascii.Error, ValueError) as exc:
+        return f"not a whole base64 pickle: {exc}"
     return None
 
 
