@@ -44,8 +44,8 @@ def api_url(prefect_server) -> str:
 
 
 def figures(stdout: str) -> list[dict]:
-    """The printed rows, minus the timing column."""
-    return [{k: v for k, v in row.items() if k != "score s"} for row in json.loads(stdout)]
+    """The printed rows, minus what differs between any two runs (seconds, the MLflow run id)."""
+    return [{k: v for k, v in row.items() if k not in ("score s", "mlflow_run_id")} for row in json.loads(stdout)]
 
 
 def wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float = 300) -> None:
