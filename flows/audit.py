@@ -1,12 +1,15 @@
 """The audit flow: the spine every other capability plugs into.
 
-    ingest -> validate (GX) -> commit -> inject noise -> train -> score xN -> estimate k
-           -> prune + retrain per scorer (+ oracle) -> measure -> lake + MLflow + Prefect artifact
+    ingest -> validate (GX) -> commit [-> embed (--backbone)] -> labels -> train -> out-of-sample
+           -> score xN -> estimate k
+           -> graded (injected noise): prune + retrain per scorer (+ oracle) -> measure -> publish
+           -> real labels (--noise none): flag top k + suggest labels -> review queue -> publish
 """
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -33,6 +36,9 @@ class AuditResult:
     k: int
     k_source: str
     stages: list[dict] = field(default_factory=list)
+    mode: str = "evaluate"  # "evaluate" (injected noise, graded) or "real" (the labels as given)
+    flagged: pd.DataFrame | None = None  # real mode: the flagged samples, most suspicious first
+    estimate: dict = field(default_factory=dict)  # real mode: estimated wrong labels, rate, accuracy
 
     def table(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows)
@@ -53,37 +59,115 @@ class _Stages:
         return result
 
 
+USER_DATA = ("images", "parquet")  # the user's own labels: audited as they are unless noise is asked for
+
+
+#: the recommended detector first: it ranks the flags (and, for arrivals, the review queue)
+RECOMMENDED = "aum"
+PROBABILITY_SCORERS = "loss,margin,confident"  # what runs on given pred_probs (no model, no dynamics)
+
+
+def default_scorers(data_kind: str, noise: str) -> str:
+    """The scorers a run uses when ``--scorers`` is not given; the first ranks the flags.
+    Graded runs (injected noise) add ``random``, the floor every figure is read against."""
+    if data_kind == "probs":
+        return PROBABILITY_SCORERS
+    return f"{RECOMMENDED},loss,confident" + (",random" if noise != "none" else "")
+
+
 @flow(name="audit", log_prints=True)
 def audit(dataset: str = "digits", path: str | None = None, limit: int | None = None,
-          noise: str = "symmetric", rate: float = 0.2, seed: int = 0, model: str = "mlp",
-          scorers: str = "loss,confident,random", prune_k: int | None = None,
-          epochs: int | None = None, explain_top: int = 0) -> AuditResult:
-    """Inject noise, train, score, prune, retrain, measure — every stage cached.
+          noise: str | None = None, rate: float = 0.2, seed: int = 0, model: str = "mlp",
+          scorers: str | None = None, prune_k: int | None = None,
+          epochs: int | None = None, explain_top: int = 0, inputs: dict | None = None,
+          backbone: str | None = None) -> AuditResult:
+    """Audit a data set: every stage cached.
 
-    ``explain_top > 0`` then runs the explain flow (:mod:`winnow.flows.explain`) on the top
-    ``explain_top`` samples of the first scorer.
+    With injected noise (``noise`` other than ``none``; the default for the built-in data sets)
+    the run grades the detectors: train, score, prune, retrain, measure against the known flips.
+    With ``noise="none"`` (the default for ``images`` and ``parquet``) it audits the labels as
+    they are: every row scored out of sample, the number of wrong labels estimated, the top ones
+    flagged with a suggested label and queued for review.
+
+    ``inputs`` holds :class:`~winnow.tasks.stages.InputOptions` (class set, shape, image size,
+    label column); ``backbone`` a user's exported encoder whose embeddings the head is trained on.
+    ``explain_top > 0`` then runs the explain flow on the top ``explain_top`` samples.
     """
     log = get_run_logger()
-    names = parse_scorer_list(scorers)
+    noise = noise or ("none" if dataset in USER_DATA else "symmetric")
     if not 0 <= rate < 1:
         raise ValueError(f"--rate must lie in [0, 1), got {rate}")
+    opts = stages.InputOptions(**(inputs or {}))
     run = _Stages()
-    config = stages.default_config(dataset, model, epochs, seed).as_dict()
 
-    batch_id = run("ingest", stages.ingest, dataset, path, limit, stages.source_fingerprint(dataset, path))
-    run("validate", stages.validate, batch_id)
+    info = run("ingest", stages.ingest, dataset, path, limit, stages.source_fingerprint(dataset, path), opts.as_dict())
+    batch_id = info["batch_id"]
+    names = parse_scorer_list(scorers or default_scorers(info["kind"], noise))
+    _check_run(info, model, names, noise, backbone)
+    run("validate", stages.validate, batch_id, None, opts.min_class_samples)
     run("commit", stages.commit, batch_id)
-    noise_key = run("inject-noise", stages.inject_noise, batch_id, noise, rate, seed)
-    train_key = run("train", stages.train, batch_id, noise_key, model, config)
+    data_id = run("embed", stages.embed, batch_id, backbone, stages.file_fingerprint(backbone)) if backbone else batch_id
+    model = stages.GIVEN_PROBS if info["kind"] == "probs" else model
+    config = stages.default_config(dataset, model, epochs, seed, info["n"]).as_dict()
+    noise_key = run("inject-noise", stages.inject_noise, data_id, noise, rate, seed)
+    train_key = run("train", stages.train, data_id, noise_key, model, config)
 
-    needs_oos = "confident" in names or "ensemble" in names or prune_k is None
-    oos_key = run("out-of-sample", stages.out_of_sample, train_key) if needs_oos else None
+    needs_oos = noise == "none" or "confident" in names or "ensemble" in names or prune_k is None
+    oos_key = (train_key if model == stages.GIVEN_PROBS
+               else run("out-of-sample", stages.out_of_sample, train_key) if needs_oos else None)
     score_keys = {n: run(f"score-{n}", stages.score, train_key, n, oos_key) for n in names}
     if prune_k is None:
         k, k_source = run("estimate-k", stages.estimate_k, oos_key, train_key), "confident learning"
     else:
         k, k_source = int(prune_k), "--prune-k"
+    params = {"dataset": dataset, "path": str(Path(path).resolve()) if path else None, "limit": limit,
+              "noise": noise, "rate": rate if noise != "none" else 0.0, "seed": seed, "model": model,
+              "scorers": ",".join(names), "prune_k": k, "k_source": k_source, "batch_id": batch_id,
+              "data_kind": info["kind"], "form": info["form"], "classes": info["classes_source"],
+              "backbone": backbone, **{f"input.{a}": b for a, b in opts.as_dict().items()},
+              **{f"train.{a}": b for a, b in config.items()}}
+    if noise == "none":
+        from winnow.flows.real_audit import publish_real_audit
 
+        result = publish_real_audit(train_key, oos_key, score_keys, names, k, k_source, params, run, log)
+    else:
+        result = _evaluate(train_key, noise_key, score_keys, names, k, k_source, params, run, log)
+    if explain_top > 0:  # after publishing: explain resolves the run through the lake's `runs` table
+        from winnow.flows.explain import explain
+
+        run("explain", explain, result.mlflow_run_id, top=explain_top, scorer=names[0])
+    return result
+
+
+def _check_run(info: dict, model: str, names: list[str], noise: str, backbone: str | None) -> None:
+    """Refuse, in one line and before any training, a model or scorer this data cannot take."""
+    from winnow.tasks.models.nets import check_fits
+    from winnow.tasks.scorers import probability_scorers
+
+    if info["kind"] == "probs":
+        if noise != "none":
+            raise ValueError("pred_probs input audits the labels as given: --noise must be none")
+        if backbone:
+            raise ValueError("--backbone embeds images; this file holds pred_probs, which need no model")
+        wrong = [n for n in names if n not in probability_scorers()]
+        if wrong:
+            raise ValueError(f"scorer(s) {', '.join(wrong)} need a trained model; on pred_probs choose from "
+                             f"{', '.join(probability_scorers())}")
+        return
+    if backbone:
+        if info["kind"] != "images":
+            raise ValueError(f"--backbone embeds images; this data is {info['kind']} of shape {tuple(info['shape'])}")
+        if model != "mlp":
+            raise ValueError("with --backbone the head trained on the embeddings is an MLP: use --model mlp")
+        return
+    check_fits(model, info["kind"], tuple(info["shape"]))
+
+
+def _evaluate(train_key, noise_key, score_keys, names, k, k_source, params, run, log) -> AuditResult:
+    """Injected noise: prune + retrain per scorer, the clean-label oracle, and the detection figures."""
+    dataset, noise, rate, seed, model = (params[a] for a in ("dataset", "noise", "rate", "seed", "model"))
+    if model == stages.GIVEN_PROBS:
+        raise ValueError("injected noise needs a model to retrain; pred_probs input audits the given labels")
     pruned = {n: run(f"retrain-{n}", stages.retrain, train_key, n, score_keys[n], k) for n in names}
     oracle = run("retrain-oracle", stages.retrain, train_key, "oracle", None, 0, clean=True)
     meta = artifacts.load_json("train", train_key)
@@ -99,16 +183,12 @@ def audit(dataset: str = "digits", path: str | None = None, limit: int | None = 
         rows.append({"scorer": n, **m, "pruned_accuracy": pruned[n]["test_accuracy"],
                      "removed_flipped": pruned[n]["removed_flipped"]})
     accuracy = {"noisy": meta["test_accuracy"], "oracle": oracle["test_accuracy"]}
-    params = {"dataset": dataset, "path": path, "limit": limit, "noise": noise, "rate": rate, "seed": seed,
-              "model": model, "scorers": ",".join(names), "prune_k": k, "k_source": k_source,
-              "batch_id": batch_id, "n_train": len(flipped), "n_flipped": int(flipped.sum()), **{
-                  f"train.{a}": b for a, b in config.items()}}
+    params = {**params, "n_train": len(flipped), "n_flipped": int(flipped.sum())}
     log.info("k = %d (%s); noisy acc %.4f, oracle acc %.4f", k, k_source, accuracy["noisy"], accuracy["oracle"])
 
     # publish: the lake, MLflow, the Prefect UI
     t0 = time.perf_counter()
-    ctx = get_run_context()
-    flow_run_id = str(ctx.flow_run.id) if ctx and getattr(ctx, "flow_run", None) else ""
+    flow_run_id = current_flow_run_id()
     run_dir = paths().reports / train_key
     plot = detection_curves({n: t["score"].to_numpy() for n, t in score_tables.items()}, flipped,
                             run_dir / "detection.png", f"{dataset} · {noise} {rate:.0%} · {model} · seed {seed}")
@@ -128,11 +208,12 @@ def audit(dataset: str = "digits", path: str | None = None, limit: int | None = 
     create_markdown_artifact(key="audit-summary", markdown=summary_md + f"\n\nMLflow run: `{mlflow_run_id}`",
                              description=f"winnow audit {train_key}")
     run.records.append({"name": "publish", "cached": False, "seconds": round(time.perf_counter() - t0, 3)})
-    if explain_top > 0:  # after publishing: explain resolves the run through the lake's `runs` table
-        from winnow.flows.explain import explain
-
-        run("explain", explain, mlflow_run_id, top=explain_top, scorer=names[0])
     return AuditResult(train_key, mlflow_run_id, flow_run_id, params, rows, accuracy, k, k_source, run.records)
+
+
+def current_flow_run_id() -> str:
+    ctx = get_run_context()
+    return str(ctx.flow_run.id) if ctx and getattr(ctx, "flow_run", None) else ""
 
 
 def _markdown(rows, accuracy, k, k_source, params) -> str:
@@ -166,4 +247,4 @@ def _publish_lake(run_id, noise_key, truth, score_tables, rows, accuracy, params
     lake.write("runs", pd.DataFrame([{
         "run_id": run_id, "mlflow_run_id": mlflow_run_id, "flow_run_id": flow_run_id, "flow": "audit",
         "created_at": pd.Timestamp.now(tz="UTC"), "scorers": params["scorers"], "k": params["prune_k"],
-        "batch_id": params["batch_id"], **dims}]), part=mlflow_run_id)
+        "batch_id": params["batch_id"], "mode": "evaluate", "path": params.get("path"), **dims}]), part=mlflow_run_id)

@@ -244,7 +244,7 @@ def _benchmark(grid, title, command, out, bounds, t_start, log) -> BenchmarkResu
     models = {d: DATASET_MODEL[d] for d in g.datasets}
     for dataset in g.datasets:
         limit = g.limits.get(dataset)
-        batch_id = run("ingest", stages.ingest, dataset, None, limit, stages.source_fingerprint(dataset, None))
+        batch_id = run("ingest", stages.ingest, dataset, None, limit, stages.source_fingerprint(dataset, None))["batch_id"]
         run("validate", stages.validate, batch_id)
         run("commit", stages.commit, batch_id)
         for noise in g.noises:

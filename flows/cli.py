@@ -20,6 +20,16 @@ def _rate(v: str) -> float:
     return r
 
 
+def _image_size(v: str) -> tuple[int, int]:
+    try:
+        h, w = (int(p) for p in v.replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be H,W (two integers), got {v!r}") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"must be two positive integers, got {v!r}")
+    return h, w
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="winnow",
@@ -31,15 +41,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="audit a data set: noise -> train -> score -> prune -> retrain -> measure",
                          description="Run the audit flow (Prefect) and print the summary table.")
-    run.add_argument("--dataset", choices=["digits", "fashion-mnist", "parquet", "anomaly"], default="digits")
-    run.add_argument("--path", help="Fashion-MNIST IDX folder, or the Parquet file for --dataset parquet")
+    run.add_argument("--dataset", choices=["digits", "fashion-mnist", "images", "parquet", "anomaly"], default="digits",
+                     help="built-in data (digits, fashion-mnist, anomaly) or your own: images (a folder) or parquet")
+    run.add_argument("--path", help="your image folder (--dataset images: class folders or labels.csv), your Parquet "
+                                    "file (--dataset parquet), or the Fashion-MNIST IDX folder")
     run.add_argument("--limit", type=_positive_int, help="use at most N samples (training split for fashion-mnist)")
-    run.add_argument("--noise", choices=["none", "symmetric", "class-pair", "instance-dependent"], default="symmetric")
+    run.add_argument("--noise", choices=["none", "symmetric", "class-pair", "instance-dependent"],
+                     help="inject noise to grade the detectors (default: symmetric for the built-in data sets, "
+                          "none for images/parquet: audit the labels as given)")
     run.add_argument("--rate", type=_rate, default=0.2, help="fraction of training labels to flip (default 0.2)")
     run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--model", choices=["mlp", "cnn", "cnn1d"], default="mlp")
-    run.add_argument("--scorers", default="loss,confident,random",
-                     help="comma-separated scorer names (see `winnow scorers`)")
+    run.add_argument("--model", choices=["mlp", "cnn", "cnn1d"], default="mlp",
+                     help="mlp for features/tabular data (and any shape), cnn for images, cnn1d for signals")
+    run.add_argument("--scorers", help="comma-separated scorer names (see `winnow scorers`; default: the recommended "
+                                       "detector first, then loss and confident learning)")
+    data = run.add_argument_group("your data (--dataset images|parquet)")
+    data.add_argument("--classes", help="the class names in index order, comma-separated (labels may be names or "
+                                        "indices); default: the file's metadata, else inferred")
+    data.add_argument("--num-classes", type=_positive_int, help="the number of classes (labels 0..N-1)")
+    data.add_argument("--min-class-samples", type=_positive_int, default=2,
+                      help="refuse a class with fewer samples (default 2)")
+    data.add_argument("--label-column", default="label", help="the Parquet column holding the labels (default label)")
+    data.add_argument("--shape", help="C,H,W of flat pixel arrays (or of 'features' that are flattened images)")
+    data.add_argument("--image-size", type=_image_size, metavar="H,W",
+                      help="resize images to H,W (default: the most common size in the data)")
+    data.add_argument("--backbone", help="your exported encoder (torch.export .pt2 or TorchScript): the MLP head is "
+                                         "trained on its embeddings of the images")
     run.add_argument("--prune-k", type=int, help="how many to prune (default: confident learning's noise estimate)")
     run.add_argument("--epochs", type=_positive_int, help="override the recipe's epoch count")
     run.add_argument("--refresh", action="store_true", help="ignore cached stage results and recompute")
@@ -51,6 +78,20 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Run a DuckDB query over the lake (views: samples, noise, scores, metrics, runs, ...).")
     sql.add_argument("query")
     sql.add_argument("--format", choices=["table", "csv", "json"], default="table")
+
+    ex = sub.add_parser("export", help="write the audited data set with the review decisions applied",
+                        description="Write the data set of an audit run, in the input's own form, with reviewers' "
+                                    "decisions applied and a provenance column (kept / relabelled from X); the "
+                                    "batch suite checks it before it is written.")
+    ex.add_argument("run", help="the audit's lake run id or MLflow run id (a unique prefix is enough)")
+    ex.add_argument("--out", help="the .parquet file to write (not needed with --dry-run)")
+    ex.add_argument("--drop", choices=["reviewed", "flagged", "none"], default="reviewed",
+                    help="reviewed: what reviewers dropped (default); flagged: also every flagged sample no reviewer "
+                         "decided on; none: nothing")
+    ex.add_argument("--relabel", choices=["reviewed", "flagged", "none"], default="reviewed",
+                    help="reviewed: reviewers' relabels (default); flagged: also undecided flags to their suggested "
+                         "label; none: the given labels")
+    ex.add_argument("--dry-run", action="store_true", help="print the counts, write nothing")
 
     sub.add_parser("scorers", help="list the registered scorers", description="List the registered scorers.")
     for module in _plugin_modules():
@@ -92,18 +133,31 @@ def print_frame(df, fmt: str, title: str | None = None) -> None:
 def cmd_run(args) -> int:
     import errno
 
+    from winnow.tasks.data.classes import ClassSpec
+    from winnow.tasks.data.tables import parse_shape
     from winnow.tasks.scorers import parse_scorer_list
+    from winnow.tasks.stages import InputOptions
 
-    parse_scorer_list(args.scorers)  # fail before a Prefect server is started for nothing
+    # fail before a Prefect server is started for nothing
+    if args.scorers is not None:
+        parse_scorer_list(args.scorers)
+    ClassSpec.parse(args.classes, args.num_classes, args.min_class_samples)
+    parse_shape(args.shape)
+    if args.dataset in ("images", "parquet") and not args.path:
+        raise ValueError(f"--dataset {args.dataset} needs --path")
     if args.path and not os.path.exists(args.path):
         raise FileNotFoundError(errno.ENOENT, "no such file or folder (--path)", args.path)
     if args.refresh:
         os.environ["PREFECT_TASKS_REFRESH_CACHE"] = "true"
     from winnow.flows.audit import audit
 
+    inputs = InputOptions(args.classes, args.num_classes, args.shape, args.image_size, args.label_column,
+                          args.min_class_samples).as_dict()
     result = audit(dataset=args.dataset, path=args.path, limit=args.limit, noise=args.noise, rate=args.rate,
                    seed=args.seed, model=args.model, scorers=args.scorers, prune_k=args.prune_k, epochs=args.epochs,
-                   explain_top=args.explain)
+                   explain_top=args.explain, inputs=inputs, backbone=args.backbone)
+    if result.mode == "real":
+        return _print_real(result, args.format)
     table = result.table()[["scorer", "auroc", "ap", "precision_at_k", "recall_at_k", "pruned_accuracy", "seconds"]]
     table = table.rename(columns={"auroc": "AUROC", "ap": "AP", "precision_at_k": "P@k", "recall_at_k": "R@k",
                                   "pruned_accuracy": "acc. after pruning", "seconds": "score s"})
@@ -119,6 +173,29 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _print_real(result, fmt: str) -> int:
+    """What a user auditing real labels needs: how many look wrong, which, what they should be,
+    and what to run next."""
+    est = result.estimate
+    flagged = result.flagged[["sample_id", "split", "given_class", "suggested_class", "score"]].rename(
+        columns={"given_class": "given", "suggested_class": "suggested"})
+    if fmt != "table":
+        print_frame(flagged.assign(run_id=result.run_id, mlflow_run_id=result.mlflow_run_id), fmt)
+        return 0
+    print(f"estimated wrong labels: {est['estimated_wrong_labels']:,} of {est['samples']:,} "
+          f"({est['estimated_noise_rate']:.1%}) — {est['estimator']} ({est['folds']})")
+    test = f"; test rows {est['test_oos_accuracy']:.4f}" if est["test_rows"] else ""
+    print(f"out-of-sample agreement with the given labels: {est['oos_accuracy']:.4f}{test}")
+    top = flagged.head(20).reset_index(drop=True)
+    top.insert(0, "rank", range(1, len(top) + 1))
+    print_frame(top, "table", title=f"top {len(top)} of {len(flagged)} flagged (by {result.params['scorers'].split(',')[0]})")
+    print(f"lake run_id: {result.run_id}")
+    print(f"MLflow run id: {result.mlflow_run_id}")
+    print(f"next: review   winnow review list   (or: winnow review relabel ID --to N / drop ID / accept ID)")
+    print(f"      export   winnow export {result.run_id} --out cleaned.parquet")
+    return 0
+
+
 def cmd_sql(args) -> int:
     from winnow.tasks import lake
 
@@ -131,6 +208,18 @@ def cmd_sql(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from winnow.tasks.export import export
+
+    if not args.dry_run and not args.out:
+        raise ValueError("--out FILE.parquet is required (or --dry-run)")
+    counts = export(args.run, args.out, args.drop, args.relabel, args.dry_run)
+    what = "would write" if args.dry_run else f"wrote {counts['out']}:"
+    print(f"{what} {counts['kept']:,} of {counts['rows']:,} rows ({counts['dropped']:,} dropped, "
+          f"{counts['relabelled']:,} relabelled) from run {counts['run_id']}")
+    return 0
+
+
 def cmd_scorers(args) -> int:
     from winnow.tasks.scorers import available, get_scorer
 
@@ -139,7 +228,7 @@ def cmd_scorers(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "sql": cmd_sql, "scorers": cmd_scorers}
+COMMANDS = {"run": cmd_run, "sql": cmd_sql, "export": cmd_export, "scorers": cmd_scorers}
 
 # Commands that only read WINNOW_HOME: they run on a read-only home too.
 READ_ONLY_COMMANDS = {"sql", "scorers", "doctor"}

@@ -100,18 +100,6 @@ def champion_accuracy(train_key: str) -> tuple[float | None, str]:
 # ---------------------------------------------------------------- pure helpers
 
 
-def flag(scores: dict[str, np.ndarray], primary: str, k: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Top-``k`` of the primary scorer (boolean mask) and every scorer's rank (1 = most suspicious)."""
-    n = len(scores[primary])
-    ranks = {}
-    for name, s in scores.items():
-        order = np.argsort(-np.asarray(s), kind="stable")
-        r = np.empty(n, dtype=np.int64)
-        r[order] = np.arange(1, n + 1)
-        ranks[name] = r
-    return ranks[primary] <= k, ranks
-
-
 def figures_of(flagged: np.ndarray, in_batch: np.ndarray, planted: np.ndarray, k: int) -> dict:
     """The detector's headline figures for the scores gate.
 
@@ -215,14 +203,14 @@ def _judge(path, stream, batch_id, accepted, names, model, config, seed, canarie
     train_rows = pool.split == "train"
     score_tables = {n: artifacts.load_frame("scores", key) for n, key in score_keys.items()}
     scores = {n: t["score"].to_numpy() for n, t in score_tables.items()}
-    flagged, ranks = flag(scores, names[0], k)
+    flagged, ranks = review.rank_flags(scores, names[0], k)
     figures = figures_of(flagged, in_batch[train_rows], planted[train_rows], k)
     verdict.reports.append(run("gate-scores", _task("gate-scores", gates.scores_gate), figures["estimated_noise_rate"],
                                figures["flagged_fraction"], figures["canary_recall"], gate_cfg))
     log.info("k = %d; %d of the batch flagged; canary recall %s", k, figures["flagged_in_batch"],
              figures["canary_recall"])
 
-    queue_rows = _queue_rows(pool.subset(train_rows), in_batch[train_rows] & ~planted[train_rows] & flagged,
+    queue_rows = review.flagged_rows(pool.subset(train_rows), in_batch[train_rows] & ~planted[train_rows] & flagged,
                              artifacts.load_torch("oos", oos_key).numpy(), scores, ranks, names[0], batch_id)
     if not verdict.passed:
         log.error(verdict.summary())
@@ -265,24 +253,6 @@ class _Stages:
         result = state.result()
         self.records.append({"name": name, "cached": state.name == "Cached", "seconds": round(time.perf_counter() - t0, 3)})
         return result
-
-
-def _queue_rows(train: Dataset, chosen: np.ndarray, oos: np.ndarray, scores: dict, ranks: dict, primary: str,
-                batch_id: str) -> pd.DataFrame:
-    suggested = oos.argmax(1)
-    idx = np.flatnonzero(chosen)
-    idx = idx[np.argsort(ranks[primary][idx], kind="stable")]
-    names = train.class_names
-    now = pd.Timestamp.now(tz="UTC").isoformat()
-    return pd.DataFrame({
-        "sample_id": train.sample_id[idx].astype(str), "batch_id": batch_id, "run_id": "",
-        "given_label": train.label[idx].astype(np.int64), "suggested_label": suggested[idx].astype(np.int64),
-        "given_class": [names[i] for i in train.label[idx]], "suggested_class": [names[i] for i in suggested[idx]],
-        "score": scores[primary][idx].astype(float),
-        "scores": [json.dumps({n: float(s[i]) for n, s in scores.items()}) for i in idx],
-        "ranks": [json.dumps({n: int(r[i]) for n, r in ranks.items()}) for i in idx],
-        "status": "pending", "new_label": np.full(len(idx), -1, dtype=np.int64), "created_at": now, "decided_at": "",
-    })
 
 
 def _publish(path, stream, batch_id, verdict, figures, flow_run_id, run, committed, flagged=None, pool=None,

@@ -11,14 +11,11 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
-
-from .data.dataset import Dataset, deterministic_split
-from .data.sources import load_parquet
+from .data.classes import ClassSpec
+from .data.dataset import Dataset
+from .data.images import LABEL_FILE, load_image_folder
+from .data.tables import load_parquet
 from .settings import paths
-
-LABEL_FILE = "labels.csv"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
 
 
 def is_arrival(path: Path) -> bool:
@@ -30,78 +27,32 @@ def is_arrival(path: Path) -> bool:
     return path.suffix == ".parquet" and path.is_file()
 
 
-def load_folder(path: Path, name: str, test_fraction: float = 0.2) -> Dataset:
-    """A folder of images plus ``labels.csv`` (``file``, ``label``[, ``id``][, ``split``])."""
-    import pandas as pd
-    from PIL import Image
-
-    csv = path / LABEL_FILE
-    if not csv.is_file():
-        raise ValueError(f"{path}: no {LABEL_FILE} (a folder batch needs one: columns file,label)")
-    table = pd.read_csv(csv, dtype=str, keep_default_na=False)
-    for col in ("file", "label"):
-        if col not in table.columns:
-            raise ValueError(f"{csv}: no '{col}' column (found {list(table.columns)})")
-    if table.empty:
-        raise ValueError(f"{csv}: no rows")
-    images = []
-    for row, f in enumerate(table["file"]):
-        img_path = path / f
-        if not img_path.is_file():
-            raise ValueError(f"{csv}: row {row}: image {f!r} not found in {path}")
-        try:
-            with Image.open(img_path) as img:
-                images.append(np.asarray(img.convert("L"), dtype=np.float32)[None] / 255.0)
-        except OSError as exc:
-            raise ValueError(f"{img_path}: not a readable image ({exc.__class__.__name__})") from None
-    shapes = {a.shape for a in images}
-    if len(shapes) != 1:
-        raise ValueError(f"{path}: images have different shapes {sorted(shapes)[:3]}")
-    ids = np.array(table["id"] if "id" in table.columns else [Path(f).stem for f in table["file"]], dtype=object)
-    raw = list(table["label"])
-    if all(v.strip().lstrip("-").isdigit() for v in raw):
-        labels = np.array([int(v) for v in raw], dtype=np.int64)
-        class_names = [str(c) for c in range(max(int(labels.max()) + 1, 0))]
-    else:
-        class_names = sorted(set(raw))
-        labels = np.array([class_names.index(v) for v in raw], dtype=np.int64)
-    split = (np.array(table["split"], dtype=object) if "split" in table.columns
-             else deterministic_split(ids, test_fraction))
-    return Dataset(name, ids, np.stack(images), labels, split, class_names)
-
-
 def load_arrival(path: str | Path, name: str, class_names: list[str] | None = None) -> Dataset:
-    """Read an arriving batch and express its labels in the accepted class set.
+    """Read an arriving batch with the same readers as ``winnow run`` (:mod:`.data.tables`,
+    :mod:`.data.images`), its labels expressed in the accepted class set.
 
     Parameters
     ----------
     path : str or Path
-        A ``.parquet`` file or a folder with ``labels.csv``.
+        A ``.parquet`` file or a folder with ``labels.csv`` (or class folders).
     name : str
         The stream name every arriving batch shares (the ``dataset`` column of the lake), so the
         batch id (content hash) does not depend on the file name: the same data arriving under
         two names is one batch.
     class_names : list of str, optional
-        The accepted data's classes. Labels are mapped onto them by name; a class the accepted
-        data does not know gets an index past the end, which the batch gate then rejects.
+        The accepted data's classes (the first accepted batch declared them). Labels are mapped
+        onto them by name or index; a value outside them keeps its raw text and label -1, which
+        the batch gate then refuses, naming it.
     """
     p = Path(path)
     if not p.exists():
         raise ValueError(f"{p}: no such file or folder")
+    classes = ClassSpec(tuple(class_names)) if class_names else ClassSpec()
     if p.is_dir():
-        ds = load_folder(p, name)
-    elif p.suffix == ".parquet":
-        ds = load_parquet(p, name=name)
-    else:
-        raise ValueError(f"{p}: not a batch (expected a .parquet file or a folder with {LABEL_FILE})")
-    if class_names is None:
-        return ds
-    known = {c: i for i, c in enumerate(class_names)}
-    extra = [c for c in ds.class_names if c not in known]
-    names = list(class_names) + extra
-    index = {c: i for i, c in enumerate(names)}
-    labels = np.array([index[ds.class_names[i]] for i in ds.label], dtype=np.int64)
-    return Dataset(ds.name, ds.sample_id, ds.x, labels, ds.split, names, ds.value_range)
+        return load_image_folder(p, name, classes)
+    if p.suffix == ".parquet":
+        return load_parquet(p, name=name, classes=classes)
+    raise ValueError(f"{p}: not a batch (expected a .parquet file or a folder with {LABEL_FILE})")
 
 
 # ---------------------------------------------------------------- processed once

@@ -16,37 +16,79 @@ from .data.dataset import Dataset
 from .settings import paths
 
 
+def _fixed_binary(values: np.ndarray) -> pa.Array:
+    """Rows of a C-contiguous array as one fixed-size binary array (zero-copy, no Python loop)."""
+    flat = np.ascontiguousarray(values.reshape(len(values), -1))
+    width = flat.shape[1] * flat.itemsize
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(flat), [None, pa.py_buffer(flat)])
+
+
+def _from_binary(column, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+    """Inverse of :func:`_fixed_binary`; also reads older parts whose column is variable binary."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    n = len(arr)
+    width = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if pa.types.is_fixed_size_binary(arr.type):
+        data = np.frombuffer(arr.buffers()[1], dtype=np.uint8, count=n * width, offset=arr.offset * width)
+    else:  # variable binary (parts written before the fixed-size column)
+        offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32, count=n + 1, offset=arr.offset * 4)
+        data = np.frombuffer(arr.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]]
+    return data.view(dtype).reshape((n, *shape))
+
+
 def to_table(ds: Dataset, batch_id: str) -> pa.Table:
-    flat = np.ascontiguousarray(ds.x.reshape(len(ds), -1), dtype="<f4")
-    pixels = pa.array([row.tobytes() for row in flat], type=pa.binary())
-    table = pa.table({
+    n = len(ds)
+    cols = {
         "sample_id": pa.array(ds.sample_id.astype(str), type=pa.string()),
-        "batch_id": pa.array([batch_id] * len(ds), type=pa.string()),
-        "dataset": pa.array([ds.name] * len(ds), type=pa.string()),
+        "batch_id": pa.array([batch_id] * n, type=pa.string()),
+        "dataset": pa.array([ds.name] * n, type=pa.string()),
         "split": pa.array(ds.split.astype(str), type=pa.string()),
         "label": pa.array(ds.label, type=pa.int64()),
-        "class_name": pa.array([ds.class_names[i] if 0 <= i < ds.num_classes else str(i) for i in ds.label],
-                               type=pa.string()),
-        "pixels": pixels,
-    })
-    meta = {"shape": list(ds.sample_shape), "class_names": ds.class_names,
-            "value_range": list(ds.value_range), "name": ds.name}
-    return table.replace_schema_metadata({"winnow": json.dumps(meta)})
+        "class_name": pa.array(_class_names(ds), type=pa.string()),
+    }
+    if ds.raw_label is not None:
+        cols["label_raw"] = pa.array(ds.raw_label.astype(str), type=pa.string())
+    if ds.values.size:
+        cols["pixels"] = _fixed_binary(ds.values)
+    if ds.pred_probs is not None:
+        cols["pred_probs"] = _fixed_binary(np.asarray(ds.pred_probs, dtype="<f8"))
+    meta = {"shape": list(ds.sample_shape), "dtype": np.dtype(ds.values.dtype).newbyteorder("<").str,
+            "class_names": ds.class_names, "value_range": list(ds.value_range), "name": ds.name, "kind": ds.kind,
+            "source": {k: v for k, v in ds.meta.items() if isinstance(v, (str, int, float, list, dict))}}
+    return pa.table(cols).replace_schema_metadata({"winnow": json.dumps(meta, default=str)})
+
+
+def _class_names(ds: Dataset) -> list[str]:
+    raw = ds.raw_label if ds.raw_label is not None else ds.label.astype(str)
+    return [ds.class_names[i] if 0 <= i < ds.num_classes else str(raw[j]) for j, i in enumerate(ds.label)]
 
 
 def from_table(table: pa.Table) -> Dataset:
     meta = json.loads(table.schema.metadata[b"winnow"])
     shape = tuple(meta["shape"])
-    blobs = table.column("pixels").to_pylist()
-    x = np.frombuffer(b"".join(blobs), dtype="<f4").reshape((len(blobs), *shape)).astype(np.float32)
+    n = table.num_rows
+    dtype = meta.get("dtype", "<f4")  # parts before stored dtypes held float32
+    if "pixels" in table.column_names:
+        values = _from_binary(table.column("pixels"), dtype, shape)
+    else:
+        values = np.zeros((n, *shape), dtype=dtype)
+    probs = (_from_binary(table.column("pred_probs"), "<f8", (len(meta["class_names"]),))
+             if "pred_probs" in table.column_names else None)
+    raw = (np.asarray(table.column("label_raw").to_numpy(zero_copy_only=False), dtype=object)
+           if "label_raw" in table.column_names else None)
+    value_range = tuple(meta["value_range"])
     return Dataset(
         meta["name"],
-        np.array(table.column("sample_id").to_pylist(), dtype=object),
-        x,
+        np.asarray(table.column("sample_id").to_numpy(zero_copy_only=False), dtype=object),
+        values,
         np.asarray(table.column("label").to_numpy(), dtype=np.int64),
-        np.array(table.column("split").to_pylist(), dtype=object),
+        np.asarray(table.column("split").to_numpy(zero_copy_only=False), dtype=object),
         list(meta["class_names"]),
-        tuple(meta["value_range"]),
+        value_range,
+        meta=dict(meta.get("source") or {}),
+        pred_probs=probs,
+        kind=meta.get("kind", ""),
+        raw_label=raw,
     )
 
 

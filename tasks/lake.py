@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from .settings import paths
 
-TABLES = ("samples", "noise", "scores", "metrics", "runs", "benchmark", "review_queue", "explanations")
+TABLES = ("samples", "noise", "scores", "metrics", "runs", "flags", "benchmark", "review_queue", "explanations")
 
 
 def table_hash(table: pa.Table) -> str:

@@ -72,17 +72,18 @@ def apply_decisions(ds: Dataset, queue: pd.DataFrame) -> Dataset:
     status = decided["status"].reindex(ds.sample_id).fillna("").to_numpy()
     new_label = decided["new_label"].reindex(ds.sample_id).fillna(-1).to_numpy(np.int64)
     labels = np.where(status == "relabelled", new_label, ds.label)
-    out = Dataset(ds.name, ds.sample_id, ds.x, labels, ds.split, ds.class_names, ds.value_range, dict(ds.meta))
-    return out.subset(status != "dropped")
+    return ds.replace(label=labels).subset(status != "dropped")
 
 
 def concat(parts: list[Dataset], name: str) -> Dataset:
     """One dataset from batches of the same stream (same shape and classes; the gate checks it)."""
     first = parts[0]
     class_names = max((p.class_names for p in parts), key=len)
-    return Dataset(name, np.concatenate([p.sample_id for p in parts]), np.concatenate([p.x for p in parts]),
+    return Dataset(name, np.concatenate([p.sample_id for p in parts]), np.concatenate([p.values for p in parts]),
                    np.concatenate([p.label for p in parts]), np.concatenate([p.split for p in parts]),
-                   list(class_names), first.value_range)
+                   list(class_names), first.value_range,
+                   pred_probs=(np.concatenate([p.pred_probs for p in parts])
+                               if all(p.pred_probs is not None for p in parts) else None))
 
 
 def read_decision_csv(path: Path) -> list[tuple[str, str, int | None]]:
@@ -107,6 +108,49 @@ def read_decision_csv(path: Path) -> list[tuple[str, str, int | None]]:
             raise ValueError(f"{path}: row {i + 2}: relabel needs an integer new_label, got {label!r}")
         out.append((row["sample_id"], action, int(label) if action == "relabel" else None))
     return out
+
+
+def rank_flags(scores: dict[str, np.ndarray], primary: str, k: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Top-``k`` of the primary scorer (boolean mask) and every scorer's rank (1 = most suspicious)."""
+    n = len(scores[primary])
+    ranks = {}
+    for name, s in scores.items():
+        order = np.argsort(-np.asarray(s), kind="stable")
+        r = np.empty(n, dtype=np.int64)
+        r[order] = np.arange(1, n + 1)
+        ranks[name] = r
+    return ranks[primary] <= k, ranks
+
+
+def flagged_rows(train: Dataset, chosen: np.ndarray, oos: np.ndarray, scores: dict, ranks: dict, primary: str,
+                  batch_id: str, run_id: str = "") -> pd.DataFrame:
+    """Queue rows for the flagged samples of ``train``, most suspicious first.
+
+    Parameters
+    ----------
+    train : Dataset
+        The scored samples (n rows).
+    chosen : np.ndarray, shape (n,), bool
+        Which of them to queue.
+    oos : np.ndarray, shape (n, C)
+        Out-of-sample probabilities: the suggested label is their argmax.
+    scores, ranks : dict of scorer -> np.ndarray, shape (n,)
+        Every scorer's score and rank (1 = most suspicious); ``primary`` orders the rows.
+    """
+    suggested = oos.argmax(1)
+    idx = np.flatnonzero(chosen)
+    idx = idx[np.argsort(ranks[primary][idx], kind="stable")]
+    names = train.class_names
+    now = pd.Timestamp.now(tz="UTC").isoformat()
+    return pd.DataFrame({
+        "sample_id": train.sample_id[idx].astype(str), "batch_id": batch_id, "run_id": run_id,
+        "given_label": train.label[idx].astype(np.int64), "suggested_label": suggested[idx].astype(np.int64),
+        "given_class": [names[i] for i in train.label[idx]], "suggested_class": [names[i] for i in suggested[idx]],
+        "score": scores[primary][idx].astype(float),
+        "scores": [json.dumps({n: float(s[i]) for n, s in scores.items()}) for i in idx],
+        "ranks": [json.dumps({n: int(r[i]) for n, r in ranks.items()}) for i in idx],
+        "status": "pending", "new_label": np.full(len(idx), -1, dtype=np.int64), "created_at": now, "decided_at": "",
+    })
 
 
 # ---------------------------------------------------------------- the lake edge

@@ -24,12 +24,14 @@ from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE, CachePolicy
 
 from . import artifacts, batches
 from .data import noise as noise_lib
+from .data.classes import MIN_CLASS_SAMPLES, ClassSpec
 from .data.dataset import Dataset
 from .data.sources import load_source
 from .models import TrainConfig, build_model
 from .models.training import accuracy, predict_logits
 from .scorers import TrainingContext, get_scorer
 from .scorers.confident import estimate_noise_count
+from .settings import paths
 from .validation import validate_batch
 
 
@@ -76,7 +78,9 @@ class CodeVersion(CachePolicy):
             names += _winnow_dependencies(module)
             if "get_scorer" in vars(sys.modules[module]):  # it composes other scorers: cover them all
                 names.append("winnow.tasks.scorers")
-        h = hashlib.sha256()
+        # The artifacts a cached result names live under WINNOW_HOME: another home must not be
+        # served a result whose files are not there.
+        h = hashlib.sha256(str(paths().home).encode())
         for name in sorted(set(names)):
             for f in _module_files(name):
                 h.update(f.read_bytes())
@@ -91,9 +95,17 @@ def cached(*modules: str, scorer_input: str | None = None) -> CachePolicy:
 # ---------------------------------------------------------------- recipes
 
 
-def default_config(dataset: str, model: str, epochs: int | None = None, seed: int = 0) -> TrainConfig:
-    """The training recipe per data set: small data needs more epochs and smaller batches."""
-    if dataset in ("digits", "parquet"):  # small sets: more epochs, smaller batches
+def default_config(dataset: str, model: str, epochs: int | None = None, seed: int = 0,
+                   n: int | None = None) -> TrainConfig:
+    """The training recipe per data set: small data needs more epochs and smaller batches.
+
+    ``n`` (rows to train on) picks the recipe for the user's data (``images``, ``parquet``):
+    up to 20,000 rows that of small sets; above, 10 epochs of 128 (and of 512 past 200,000, where
+    a pass over the data is long and the gradient of 512 samples no noisier than that of 128 on a small set).
+    """
+    if dataset in ("images", "parquet") and n is not None and n > 20_000:
+        cfg = TrainConfig(epochs=10, batch_size=512 if n > 200_000 else 128, lr=0.05)
+    elif dataset in ("digits", "parquet", "images"):  # small sets: more epochs, smaller batches
         cfg = TrainConfig(epochs=20, batch_size=64, lr=0.05)
     elif dataset == "anomaly":
         # Adam, as in Mercier et al.: SGD (lr 0.02, 15 epochs) sat on the 0.69 plateau at 20%
@@ -120,20 +132,45 @@ def source_fingerprint(dataset: str, path: str | None) -> str:
     return artifacts.key_of([(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()])
 
 
+@dataclass(frozen=True)
+class InputOptions:
+    """How to read the user's data (the CLI's ``--classes``, ``--num-classes``, ``--shape``,
+    ``--image-size``, ``--label-column``, ``--min-class-samples``); part of ingest's cache key."""
+
+    classes: str | None = None
+    num_classes: int | None = None
+    shape: str | None = None
+    image_size: tuple[int, int] | None = None
+    label_column: str = "label"
+    min_class_samples: int = MIN_CLASS_SAMPLES
+
+    def class_spec(self) -> ClassSpec:
+        return ClassSpec.parse(self.classes, self.num_classes, self.min_class_samples)
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items()}
+
+
 @task(name="ingest", cache_policy=cached("data"), persist_result=True)
-def ingest(dataset: str, path: str | None, limit: int | None, fingerprint: str) -> str:
-    """Load a source into a staged batch; returns its batch id (content hash)."""
-    ds = load_source(dataset, path, limit)
+def ingest(dataset: str, path: str | None, limit: int | None, fingerprint: str, options: dict | None = None) -> dict:
+    """Load a source into a staged batch; returns its batch id (content hash) and what was read."""
+    opts = InputOptions(**(options or {}))
+    ds = load_source(dataset, path, limit, classes=opts.class_spec(), shape=opts.shape, image_size=opts.image_size,
+                     label_column=opts.label_column)
     batch_id = batches.stage(ds)
-    get_run_logger().info("ingested %s: %d samples (%d train), batch %s", ds.name, len(ds),
-                          int((ds.split == "train").sum()), batch_id)
-    return batch_id
+    get_run_logger().info("ingested %s (%s, %s): %d samples (%d train), shape %s, %d classes (%s), batch %s",
+                          ds.name, ds.kind, ds.meta.get("form", dataset), len(ds), int((ds.split == "train").sum()),
+                          ds.sample_shape, ds.num_classes, ds.meta.get("classes_source", "fixed"), batch_id)
+    return {"batch_id": batch_id, "kind": ds.kind, "shape": list(ds.sample_shape), "n": len(ds),
+            "num_classes": ds.num_classes, "class_names": list(ds.class_names),
+            "classes_source": ds.meta.get("classes_source", "fixed by the data set"),
+            "form": ds.meta.get("form", dataset)}
 
 
-@task(name="validate", cache_policy=cached("validation"), persist_result=True)
-def validate(batch_id: str, class_count: int | None = None) -> dict:
+@task(name="validate", cache_policy=cached("validation", "data"), persist_result=True)
+def validate(batch_id: str, class_count: int | None = None, min_class_samples: int = MIN_CLASS_SAMPLES) -> dict:
     """Great Expectations batch suite; raises ValidationFailed (one line per failure)."""
-    report = validate_batch(batches.load_staged(batch_id), class_count)
+    report = validate_batch(batches.load_staged(batch_id), class_count, min_class_samples)
     get_run_logger().info("batch %s passed %d expectations", batch_id, len(report.results))
     return {"suite": report.suite, "checks": len(report.results), "markdown": report.markdown()}
 
@@ -142,6 +179,34 @@ def validate(batch_id: str, class_count: int | None = None) -> dict:
 def commit(batch_id: str) -> str:
     batches.commit(batch_id)
     return batch_id
+
+
+def file_fingerprint(path: str | None) -> str | None:
+    """Size + mtime of a file (the backbone), part of a stage's cache key."""
+    if not path:
+        return None
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"{p}: --backbone file not found")
+    return artifacts.key_of(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns)
+
+
+@task(name="embed", cache_policy=cached("models.backbone"), persist_result=True)
+def embed(batch_id: str, backbone: str, fingerprint: str) -> str:
+    """Embed a committed batch with the user's encoder; returns the id of the feature pool the
+    head is trained on (an artifact, like the operate flow's pools: the lake keeps the images)."""
+    from .models.backbone import embed as run_encoder
+    from .models.backbone import load_encoder
+
+    ds = batches.load_committed(batch_id)
+    t0 = time.perf_counter()
+    feats = run_encoder(load_encoder(backbone), ds.x)
+    pool = ds.replace(values=feats, value_range=(None, None), kind="features",
+                      meta={**ds.meta, "backbone": str(Path(backbone).resolve()), "embedded_from": batch_id})
+    pool_id = batches.stage_pool(pool)
+    get_run_logger().info("embedded %d samples with %s: %d-d features in %.1fs (pool %s)", len(ds),
+                          Path(backbone).name, feats.shape[1], time.perf_counter() - t0, pool_id)
+    return pool_id
 
 
 # ---------------------------------------------------------------- noise
@@ -166,7 +231,11 @@ def clean_model_probs(x: np.ndarray, y: np.ndarray, num_classes: int, seed: int)
 def inject_noise(batch_id: str, kind: str, rate: float, seed: int) -> str:
     """Noise the train split; the ground truth goes to an artifact (and later the lake)."""
     key = artifacts.key_of("noise", batch_id, kind, rate, seed)
-    train = _train_split(batches.load_committed(batch_id))
+    ds = batches.load_training_set(batch_id)
+    # Injected noise grades the detectors, so it touches the train split only and the clean test
+    # split measures accuracy. With no noise this is an audit of real labels: every row is audited,
+    # the test split included (label errors in test sets distort every evaluation).
+    train = ds if kind == "none" else _train_split(ds)
     y, k = train.label, train.num_classes
     if kind == "none":
         noisy = y.copy()
@@ -201,9 +270,13 @@ class AuditData:
 
 
 def load_audit_data(batch_id: str, noise_key: str) -> AuditData:
+    """The audited rows (those the label table lists: the train split, or every row of a real-data
+    audit) with their labels, and the test rows that were not audited."""
     ds = batches.load_training_set(batch_id)  # a committed batch, or a pool of them (operate flow)
-    train, test = _train_split(ds), ds.subset(ds.split == "test")
-    nz = artifacts.load_frame("noise", noise_key).set_index("sample_id").loc[train.sample_id.astype(str)]
+    nz = artifacts.load_frame("noise", noise_key).set_index("sample_id")
+    audited = np.isin(ds.sample_id.astype(str), nz.index.to_numpy())
+    train, test = ds.subset(audited), ds.subset(~audited & (ds.split == "test"))
+    nz = nz.loc[train.sample_id.astype(str)]
     return AuditData(train, nz["noisy_label"].to_numpy(np.int64), nz["is_flipped"].to_numpy(bool), test)
 
 
@@ -219,6 +292,14 @@ def train(batch_id: str, noise_key: str, model: str, config: dict) -> str:
     cfg = TrainConfig(**config)
     log = get_run_logger()
     t0 = time.perf_counter()
+    if model == GIVEN_PROBS:  # the user's own out-of-sample probabilities: nothing to train
+        artifacts.save_json("train", key, {
+            "batch_id": batch_id, "noise_key": noise_key, "model": model, "config": config,
+            "shape": [], "num_classes": data.train.num_classes, "test_accuracy": float("nan"), "train_loss": [],
+            "seconds": 0.0})
+        artifacts.save_torch("oos", key, torch.as_tensor(data.train.pred_probs))
+        log.info("given probabilities for %d samples: no training", len(data.train))
+        return key
     ctx = _context(data, model, cfg, [])
     result = ctx.train(on_epoch=lambda e, l: log.info("train %s epoch %d/%d loss %.4f", model, e, cfg.epochs, l))
     meta = {
@@ -233,7 +314,12 @@ def train(batch_id: str, noise_key: str, model: str, config: dict) -> str:
     return key
 
 
+GIVEN_PROBS = "given-probs"  # the "model" of a run on the user's own out-of-sample probabilities
+
+
 def _context(data: AuditData, model: str, cfg: TrainConfig, checkpoints, seed: int | None = None) -> TrainingContext:
+    if model == GIVEN_PROBS:
+        return TrainingContext.from_probabilities(data.train.pred_probs, data.noisy, data.train.sample_id, cfg)
     return TrainingContext(
         torch.as_tensor(data.train.x), torch.as_tensor(data.noisy), data.train.num_classes,
         model_factory(model, data.train.sample_shape, data.train.num_classes), checkpoints, cfg,
@@ -247,7 +333,8 @@ def load_context(train_key: str) -> tuple[TrainingContext, AuditData, dict]:
 
     meta = artifacts.load_json("train", train_key)
     data = load_audit_data(meta["batch_id"], meta["noise_key"])
-    checkpoints = [Checkpoint(**c) for c in artifacts.load_torch("checkpoints", train_key)]
+    checkpoints = ([] if meta["model"] == GIVEN_PROBS
+                   else [Checkpoint(**c) for c in artifacts.load_torch("checkpoints", train_key)])
     return _context(data, meta["model"], TrainConfig(**meta["config"]), checkpoints), data, meta
 
 

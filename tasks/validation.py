@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from .data.classes import MIN_CLASS_SAMPLES
 from .data.dataset import SPLITS, Dataset
 
 
@@ -67,40 +68,82 @@ def _failure_line(d: dict) -> str:
     return f"{d['expectation']}({target}{', ' + shown if shown else ''}): {d['observed'] or 'failed'}"
 
 
-def run_suite(df: pd.DataFrame, expectations: list, suite_name: str) -> CheckReport:
-    """Validate ``df`` against GX expectation objects; returns a :class:`CheckReport`."""
+def run_suite(df: pd.DataFrame, expectations: list, suite_name: str,
+              more: list[tuple[pd.DataFrame, list]] = ()) -> CheckReport:
+    """Validate ``df`` against GX expectation objects; returns a :class:`CheckReport`.
+
+    ``more`` holds further ``(frame, expectations)`` pairs checked in the same GX context (one
+    suite per frame; the report joins them).
+    """
     _quiet_gx()
     import great_expectations as gx
 
     context = gx.get_context(mode="ephemeral")
     source = context.data_sources.add_pandas(f"{suite_name}-source")
-    asset = source.add_dataframe_asset(name=f"{suite_name}-frame")
-    batch_def = asset.add_batch_definition_whole_dataframe(f"{suite_name}-whole")
-    suite = context.suites.add(gx.ExpectationSuite(name=suite_name))
-    for e in expectations:
-        suite.add_expectation(e)
-    definition = context.validation_definitions.add(
-        gx.ValidationDefinition(name=f"{suite_name}-validation", data=batch_def, suite=suite)
-    )
-    result = definition.run(batch_parameters={"dataframe": df}, result_format="SUMMARY")
-    described = [_describe(r) for r in result.results]
+    described: list[dict] = []
+    success = True
+    for i, (frame, exps) in enumerate([(df, expectations), *more]):
+        tag = f"{suite_name}-{i}"
+        asset = source.add_dataframe_asset(name=f"{tag}-frame")
+        batch_def = asset.add_batch_definition_whole_dataframe(f"{tag}-whole")
+        suite = context.suites.add(gx.ExpectationSuite(name=tag))
+        for e in exps:
+            suite.add_expectation(e)
+        definition = context.validation_definitions.add(
+            gx.ValidationDefinition(name=f"{tag}-validation", data=batch_def, suite=suite)
+        )
+        result = definition.run(batch_parameters={"dataframe": frame}, result_format="SUMMARY")
+        described += [_describe(r) for r in result.results]
+        success = success and bool(result.success)
     failures = [_failure_line(d) for d in described if not d["success"]]
-    return CheckReport(suite_name, bool(result.success), failures, described)
+    return CheckReport(suite_name, success, failures, described)
+
+
+_CHUNK = 8192  # rows per pass of the pixel summaries: memory stays flat however large the batch
+
+
+def _value_summaries(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n = len(x)
+    lo, hi = np.zeros(n), np.zeros(n)
+    bad = np.zeros(n, dtype=np.int64)
+    flat = x.reshape(n, -1)
+    if flat.shape[1] == 0:
+        return lo, hi, bad
+    for start in range(0, n, _CHUNK):
+        part = np.asarray(flat[start:start + _CHUNK], dtype=np.float32)
+        finite = np.isfinite(part)
+        lo[start:start + len(part)] = np.where(finite, part, np.inf).min(1)
+        hi[start:start + len(part)] = np.where(finite, part, -np.inf).max(1)
+        bad[start:start + len(part)] = (~finite).sum(1)
+    return lo, hi, bad
+
+
+def label_column(ds: Dataset) -> pd.Series:
+    """Labels for the suite: the class index, or the raw text where it is not in the class set
+    (so a refusal names the value the file holds, e.g. '57', '3.5', '%%')."""
+    labels = pd.Series(ds.label.astype(np.int64), dtype=object)
+    if ds.raw_label is not None:
+        unmapped = ds.label < 0
+        labels[unmapped] = ds.raw_label[unmapped]
+    return labels
 
 
 def batch_frame(ds: Dataset) -> pd.DataFrame:
     """One row per sample with the summaries the batch suite checks (GX validates tables, so
     the pixel checks run on per-sample min / max / non-finite counts)."""
-    flat = ds.x.reshape(len(ds), -1).astype(np.float64)
-    finite = np.isfinite(flat)
+    lo, hi, bad = _value_summaries(ds.x)
+    probs = ds.pred_probs if ds.pred_probs is not None else np.zeros((len(ds), 0))
+    if probs.shape[1]:
+        plo, phi, pbad = _value_summaries(probs)
+        lo, hi, bad = plo, phi, pbad + bad
     return pd.DataFrame({
         "sample_id": pd.Series(ds.sample_id, dtype=object),
-        "label": ds.label.astype(np.int64),
+        "label": label_column(ds),
         "split": pd.Series(ds.split, dtype=object),
-        "n_values": np.full(len(ds), flat.shape[1], dtype=np.int64),
-        "pixel_min": np.where(finite, flat, np.inf).min(1) if flat.shape[1] else np.zeros(len(ds)),
-        "pixel_max": np.where(finite, flat, -np.inf).max(1) if flat.shape[1] else np.zeros(len(ds)),
-        "n_nonfinite": (~finite).sum(1).astype(np.int64),
+        "n_values": np.full(len(ds), int(np.prod(ds.sample_shape)), dtype=np.int64),
+        "pixel_min": lo,
+        "pixel_max": hi,
+        "n_nonfinite": bad,
     })
 
 
@@ -108,10 +151,10 @@ def batch_expectations(ds: Dataset, class_count: int | None = None) -> list:
     import great_expectations as gx
 
     E = gx.expectations
-    lo, hi = ds.value_range
+    lo, hi = (0.0, 1.0) if ds.pred_probs is not None else ds.value_range
     k = class_count or ds.num_classes
     cols = ["sample_id", "label", "split", "n_values", "pixel_min", "pixel_max", "n_nonfinite"]
-    return [
+    out = [
         E.ExpectTableRowCountToBeBetween(min_value=1),
         E.ExpectTableColumnsToMatchSet(column_set=cols, exact_match=True),
         E.ExpectColumnValuesToNotBeNull(column="sample_id"),
@@ -120,16 +163,59 @@ def batch_expectations(ds: Dataset, class_count: int | None = None) -> list:
         E.ExpectColumnValuesToBeInSet(column="label", value_set=list(range(k))),
         E.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS)),
         E.ExpectColumnValuesToBeInSet(column="n_nonfinite", value_set=[0]),
-        E.ExpectColumnValuesToBeBetween(column="pixel_min", min_value=lo, max_value=hi),
-        E.ExpectColumnValuesToBeBetween(column="pixel_max", min_value=lo, max_value=hi),
     ]
+    if lo is not None or hi is not None:
+        out += [E.ExpectColumnValuesToBeBetween(column="pixel_min", min_value=lo, max_value=hi),
+                E.ExpectColumnValuesToBeBetween(column="pixel_max", min_value=lo, max_value=hi)]
+    return out
 
 
-def validate_batch(ds: Dataset, class_count: int | None = None) -> CheckReport:
+def class_frame(ds: Dataset, class_count: int | None = None) -> pd.DataFrame:
+    """One row per class of the set: its name and how many samples carry it."""
+    k = class_count or ds.num_classes
+    counts = np.bincount(ds.label[(ds.label >= 0) & (ds.label < k)], minlength=k)
+    names = [ds.class_names[i] if i < ds.num_classes else str(i) for i in range(k)]
+    return pd.DataFrame({"class_name": names, "count": counts.astype(np.int64)})
+
+
+def class_expectations(min_samples: int) -> list:
+    """The class set is usable: two classes or more, each with at least ``min_samples`` samples
+    (a class that never appears is a gap in the labels or a wrongly declared set)."""
+    import great_expectations as gx
+
+    E = gx.expectations
+    return [E.ExpectTableRowCountToBeBetween(min_value=2),
+            E.ExpectColumnValuesToBeBetween(column="count", min_value=min_samples)]
+
+
+def _explain_class_failures(report: CheckReport, classes: pd.DataFrame, min_samples: int, ds: Dataset) -> CheckReport:
+    """GX decides; these lines say which classes and what to do, in place of GX's generic ones."""
+    lines = []
+    for line in report.failures:
+        if line.startswith("expect_table_row_count_to_be_between(table, min_value=2"):
+            lines.append(f"the class set has {len(classes)} class(es) {list(classes['class_name'])}: an audit needs "
+                         f"at least 2")
+        elif line.startswith("expect_column_values_to_be_between(count"):
+            few = classes[classes["count"] < min_samples]
+            shown = ", ".join(f"'{c}' ({n})" for c, n in zip(few["class_name"][:6], few["count"][:6]))
+            more = f" and {len(few) - 6} more" if len(few) > 6 else ""
+            problems = ds.meta.get("class_problems") or []
+            hint = problems[0] if problems else (f"classes are {ds.meta.get('classes_source', 'declared')}; "
+                                                 f"fix the labels or the declared set")
+            lines.append(f"classes with fewer than {min_samples} samples: {shown}{more} — {hint}")
+        else:
+            lines.append(line)
+    return CheckReport(report.suite, report.success, lines, report.results)
+
+
+def validate_batch(ds: Dataset, class_count: int | None = None, min_class_samples: int = MIN_CLASS_SAMPLES) -> CheckReport:
     """Run the batch suite (schema, ids unique and non-null, labels in the class set, values
-    finite and in range, non-empty). Raises :class:`ValidationFailed` listing every failure."""
-    frame = batch_frame(ds)
-    report = run_suite(frame, batch_expectations(ds, class_count), f"batch-{ds.name}")
+    finite and in range, non-empty, at least two classes each with ``min_class_samples``).
+    Raises :class:`ValidationFailed` listing every failure, one line each."""
+    classes = class_frame(ds, class_count)
+    report = run_suite(batch_frame(ds), batch_expectations(ds, class_count), f"batch-{ds.name}",
+                       more=[(classes, class_expectations(min_class_samples))])
+    report = _explain_class_failures(report, classes, min_class_samples, ds)
     # A train split with no samples cannot be audited; GX has no cross-column rule for it.
     if report.success and not np.any(ds.split == "train"):
         report = CheckReport(report.suite, False, ["split has no 'train' rows: nothing to audit"], report.results)

@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from helpers import digits_parquet
-from winnow.flows.operate import figures_of, flag, scan
+from winnow.flows.operate import figures_of, scan
+from winnow.tasks.review import rank_flags as flag
 from winnow.tasks import arrivals, canaries, gates, review
 from winnow.tasks.data.dataset import Dataset
 
@@ -96,7 +97,8 @@ def test_an_image_folder_with_labels_csv_is_a_batch(tmp_path):
     assert arrivals.is_arrival(folder)
     ds = arrivals.load_arrival(folder, "s", class_names=[str(c) for c in range(10)])
     assert ds.x.shape == (6, 1, 8, 8) and ds.label.tolist() == [0, 1, 2, 0, 1, 2] and ds.num_classes == 10
-    assert ds.sample_id.tolist() == [f"img{i}" for i in range(6)] and ds.x.max() == pytest.approx(200 / 255)
+    # ids default to the path relative to the folder (issue 12), as for --dataset images
+    assert ds.sample_id.tolist() == [f"img{i}.png" for i in range(6)] and ds.x.max() == pytest.approx(200 / 255)
     (folder / "labels.csv").write_text("file,label\nmissing.png,1\n")
     with pytest.raises(ValueError, match="image 'missing.png' not found"):
         arrivals.load_arrival(folder, "s")

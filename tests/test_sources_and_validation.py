@@ -52,7 +52,7 @@ def test_same_parquet_content_gives_the_same_batch_hash(tmp_path):
 
 
 @pytest.mark.parametrize("drop,message", [("id", "no id column"), ("label", "no 'label' column"),
-                                          ("image", "no image column")])
+                                          ("image", "no sample column")])
 def test_parquet_missing_columns_are_named(tmp_path, drop, message):
     def mutate(cols):
         cols.pop(drop)

@@ -7,6 +7,17 @@ from dataclasses import dataclass, field
 import numpy as np
 
 SPLITS = ("train", "test")
+#: what one row holds: pixels (C, H, W), a signal (C, L), a feature vector (D,), or nothing but the
+#: user's own out-of-sample probabilities (``pred_probs``; no model is trained).
+KINDS = ("images", "signals", "features", "probs")
+IMAGE_KINDS = ("images",)
+
+
+def kind_of(values: np.ndarray, pred_probs: np.ndarray | None = None) -> str:
+    """The data kind a value array implies: (n, C, H, W) images, (n, C, L) signals, (n, D) features."""
+    if pred_probs is not None and values.size == 0:
+        return "probs"
+    return {4: "images", 3: "signals", 2: "features"}.get(values.ndim, "features")
 
 
 @dataclass
@@ -19,8 +30,9 @@ class Dataset:
         Source name (``digits``, ``fashion-mnist``, a file stem, ...).
     sample_id : np.ndarray, shape (n,), dtype object (str)
         Unique, non-null identifiers.
-    x : np.ndarray, shape (n, C, H, W) or (n, C, L), float32
-        Pixel (or signal) values; images are scaled to [0, 1].
+    values : np.ndarray, shape (n, C, H, W), (n, C, L), (n, D) or (n, 0)
+        The samples as they came: uint8 pixels 0..255, or float32 (pixels in [0, 1], signals,
+        features). Kept in their own dtype so the lake stores 1 byte per uint8 pixel.
     label : np.ndarray, shape (n,), int64
         Given labels in ``[0, num_classes)``.
     split : np.ndarray, shape (n,), dtype object
@@ -28,25 +40,57 @@ class Dataset:
     class_names : list[str]
         One name per class; ``num_classes == len(class_names)``.
     value_range : tuple[float, float]
-        The range every value must lie in (checked by validation).
+        The range every model input (``x``) must lie in (checked by validation); ``None`` bounds
+        are open (features).
+    meta : dict
+        Free-form provenance (the source file, the input form, how the class set was decided);
+        ``meta["per_row"]`` maps names to one value per row (e.g. the source files), kept aligned
+        by :meth:`subset`.
+    pred_probs : np.ndarray, shape (n, num_classes), float, optional
+        The user's own out-of-sample probabilities (kind ``probs``).
+    kind : str
+        One of :data:`KINDS`; inferred from ``values`` when not given.
+    raw_label : np.ndarray, shape (n,), object (str), optional
+        The labels as the source wrote them; where ``label`` is -1 (not in the class set) this is
+        what validation names when it refuses the row.
     """
 
     name: str
     sample_id: np.ndarray
-    x: np.ndarray
+    values: np.ndarray
     label: np.ndarray
     split: np.ndarray
     class_names: list[str]
-    value_range: tuple[float, float] = (0.0, 1.0)
+    value_range: tuple[float | None, float | None] = (0.0, 1.0)
     meta: dict = field(default_factory=dict)
+    pred_probs: np.ndarray | None = None
+    kind: str = ""
+    raw_label: np.ndarray | None = None
+    _x: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         n = len(self.sample_id)
-        for attr in ("x", "label", "split"):
+        for attr in ("values", "label", "split"):
             if len(getattr(self, attr)) != n:
                 raise ValueError(
                     f"Dataset {self.name!r}: {attr} has {len(getattr(self, attr))} rows, sample_id has {n}"
                 )
+        if self.pred_probs is not None and self.pred_probs.shape != (n, len(self.class_names)):
+            raise ValueError(f"Dataset {self.name!r}: pred_probs has shape {self.pred_probs.shape}, "
+                             f"expected ({n}, {len(self.class_names)})")
+        self.kind = self.kind or kind_of(self.values, self.pred_probs)
+        if self.kind not in KINDS:
+            raise ValueError(f"Dataset {self.name!r}: unknown kind {self.kind!r}; one of {KINDS}")
+
+    @property
+    def x(self) -> np.ndarray:
+        """Model inputs, float32: uint8 pixels scaled to [0, 1], float values as they are (no copy)."""
+        if self._x is None:
+            if self.values.dtype == np.uint8:
+                self._x = self.values.astype(np.float32) / np.float32(255.0)
+            else:
+                self._x = np.asarray(self.values, dtype=np.float32)
+        return self._x
 
     @property
     def num_classes(self) -> int:
@@ -54,22 +98,27 @@ class Dataset:
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
-        return tuple(self.x.shape[1:])
+        return tuple(self.values.shape[1:])
 
     def __len__(self) -> int:
         return len(self.sample_id)
 
+    def replace(self, **changes) -> "Dataset":
+        """A copy with some attributes changed (labels relabelled, classes extended, ...)."""
+        fields = {k: getattr(self, k) for k in ("name", "sample_id", "values", "label", "split", "class_names",
+                                                "value_range", "meta", "pred_probs", "kind", "raw_label")}
+        fields["meta"] = dict(self.meta)
+        fields.update(changes)
+        return Dataset(**fields)
+
     def subset(self, mask: np.ndarray) -> "Dataset":
-        return Dataset(
-            self.name,
-            self.sample_id[mask],
-            self.x[mask],
-            self.label[mask],
-            self.split[mask],
-            list(self.class_names),
-            self.value_range,
-            dict(self.meta),
-        )
+        meta = dict(self.meta)
+        if "per_row" in meta:
+            meta["per_row"] = {k: np.asarray(v, dtype=object)[mask].tolist() for k, v in meta["per_row"].items()}
+        return self.replace(meta=meta, sample_id=self.sample_id[mask], values=self.values[mask], label=self.label[mask],
+                            split=self.split[mask], class_names=list(self.class_names),
+                            pred_probs=None if self.pred_probs is None else self.pred_probs[mask],
+                            raw_label=None if self.raw_label is None else self.raw_label[mask])
 
     def content_hash(self) -> str:
         """A hash of everything that defines the batch: same content, same hash."""
@@ -78,8 +127,11 @@ class Dataset:
         h.update("\x00".join(map(str, self.sample_id)).encode())
         h.update(np.ascontiguousarray(self.label, dtype=np.int64).tobytes())
         h.update("\x00".join(map(str, self.split)).encode())
-        h.update(np.ascontiguousarray(self.x, dtype=np.float32).tobytes())
-        h.update(repr((self.sample_shape, self.class_names, self.value_range)).encode())
+        h.update(str(self.values.dtype).encode())
+        h.update(np.ascontiguousarray(self.values).reshape(-1).view(np.uint8).data)  # no copy when contiguous
+        if self.pred_probs is not None:
+            h.update(np.ascontiguousarray(self.pred_probs, dtype=np.float64).tobytes())
+        h.update(repr((self.sample_shape, self.class_names, tuple(self.value_range), self.kind)).encode())
         return h.hexdigest()[:16]
 
 

@@ -73,3 +73,23 @@ def build_model(kind: str, input_shape: tuple[int, ...], num_classes: int) -> Cl
     if kind == "cnn1d":
         return cnn1d(tuple(input_shape), num_classes)
     raise ValueError(f"unknown model {kind!r}; choose one of {MODEL_KINDS}")
+
+
+def check_fits(kind: str, data_kind: str, sample_shape: tuple[int, ...]) -> None:
+    """Refuse, in one line, a model that cannot take this data (before anything is trained).
+
+    ``mlp`` takes any fixed shape; ``cnn`` needs images (C, H, W) at least 4x4 (two 2x2 pools);
+    ``cnn1d`` needs signals (C, L) or images, L >= 4.
+    """
+    shape = tuple(sample_shape)
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"unknown model {kind!r}; choose one of {MODEL_KINDS}")
+    if data_kind == "probs":
+        return  # nothing is trained on given probabilities
+    if kind == "cnn" and (len(shape) != 3 or min(shape[1:]) < 4):
+        raise ValueError(f"--model cnn needs images of shape (C, H, W) with H, W >= 4; this data is {data_kind} of "
+                         f"shape {shape}: use --model mlp" + (", or --shape C,H,W if the vectors are flattened images"
+                                                             if len(shape) == 1 else ""))
+    if kind == "cnn1d" and (len(shape) < 2 or math.prod(shape[1:]) < 4):
+        raise ValueError(f"--model cnn1d needs signals of shape (C, L); this data is {data_kind} of shape {shape}: "
+                         f"use --model mlp")

@@ -63,6 +63,38 @@ class TrainingContext:
         if n and (int(self.y.min()) < 0 or int(self.y.max()) >= self.num_classes):
             raise ValueError(f"labels must lie in [0, {self.num_classes})")
 
+    @classmethod
+    def from_probabilities(cls, probs: np.ndarray, labels: np.ndarray, sample_ids: np.ndarray,
+                           config: TrainConfig | None = None) -> "TrainingContext":
+        """A context over the user's own out-of-sample probabilities: no model, no checkpoints.
+
+        The probabilities stand in for the final model's outputs (as log-probabilities, which the
+        loss and margin scorers read) and for the out-of-sample probabilities (confident learning).
+
+        Parameters
+        ----------
+        probs : np.ndarray, shape (n, C)
+            Rows in [0, 1] summing to 1 (within 1e-2; renormalised).
+        labels : np.ndarray, shape (n,), int
+        sample_ids : np.ndarray, shape (n,)
+        """
+        probs = np.asarray(probs, dtype=np.float64)
+        if probs.ndim != 2 or probs.shape[1] < 2:
+            raise ValueError(f"pred_probs must have shape (n, C) with C >= 2, got {probs.shape}")
+        if not np.all(np.isfinite(probs)) or probs.min() < 0 or probs.max() > 1:
+            raise ValueError("pred_probs must be finite and lie in [0, 1]")
+        sums = probs.sum(1)
+        off = np.flatnonzero(np.abs(sums - 1) > 1e-2)
+        if len(off):
+            raise ValueError(f"pred_probs rows must sum to 1: row {int(off[0])} (id {sample_ids[off[0]]}) sums to "
+                             f"{sums[off[0]]:.4f} ({len(off)} such rows)")
+        probs = probs / sums[:, None]
+        n, c = probs.shape
+        ctx = cls(torch.zeros((n, 0)), labels, c, _no_model, [], config or TrainConfig(), np.asarray(sample_ids))
+        ctx._cache["checkpoint_logits"] = torch.log(torch.as_tensor(probs).clamp_min(1e-12)).float()[None]
+        ctx._cache["oos_probs"] = probs
+        return ctx
+
     @property
     def n(self) -> int:
         return len(self.x)
@@ -116,12 +148,20 @@ class TrainingContext:
         return self._cache["oos_probs"]
 
 
+def _no_model():
+    raise ValueError("this scorer needs a trained model; on given pred_probs only the probability scorers run "
+                     "(see `winnow scorers`)")
+
+
 class Scorer(ABC):
     """Base class: subclasses set ``name`` and implement :meth:`score`."""
 
     name: ClassVar[str]
     #: one line for ``winnow run --help`` and the docs
     summary: ClassVar[str] = ""
+    #: False for scorers that read only the final outputs and the out-of-sample probabilities, so
+    #: they also run on a user's own ``pred_probs`` with no model trained
+    needs_model: ClassVar[bool] = True
 
     def __init__(self, **options):
         self.options = options
@@ -164,6 +204,11 @@ def scorer_class(name: str) -> type[Scorer]:
 
 def get_scorer(name: str, **options) -> Scorer:
     return scorer_class(name)(**options)
+
+
+def probability_scorers() -> list[str]:
+    """Scorers that run on given probabilities alone (no model, no checkpoints)."""
+    return [n for n in available() if not _REGISTRY[n].needs_model]
 
 
 def parse_scorer_list(spec: str | list[str]) -> list[str]:

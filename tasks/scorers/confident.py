@@ -91,6 +91,7 @@ def estimate_noise_count(labels: np.ndarray, probs: np.ndarray) -> int:
 @register
 class ConfidentLearning(Scorer):
     name = "confident"
+    needs_model = False
     summary = "confident learning on K-fold out-of-sample probabilities (issues first, then by self-confidence)"
 
     def score(self, ctx: TrainingContext) -> np.ndarray:

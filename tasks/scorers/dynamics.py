@@ -133,6 +133,7 @@ class AreaUnderMargin(Scorer):
 @register
 class FinalMargin(Scorer):
     name = "margin"
+    needs_model = False
     summary = "final-checkpoint margin, negated: best other logit minus given-label logit"
 
     def score(self, ctx: TrainingContext) -> np.ndarray:

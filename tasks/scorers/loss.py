@@ -17,6 +17,7 @@ def per_sample_loss(logits: torch.Tensor, y: torch.Tensor) -> np.ndarray:
 @register
 class FinalLoss(Scorer):
     name = "loss"
+    needs_model = False
     summary = "cross-entropy of the given label under the final model"
 
     def score(self, ctx: TrainingContext) -> np.ndarray:

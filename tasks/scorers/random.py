@@ -9,6 +9,7 @@ from .base import Scorer, TrainingContext, register
 @register
 class RandomScorer(Scorer):
     name = "random"
+    needs_model = False
     summary = "uniform random ranking (the floor)"
 
     def score(self, ctx: TrainingContext) -> np.ndarray:

@@ -1,0 +1,186 @@
+"""``winnow export``: the audited data set with the review decisions applied, in the input's own
+form, plus a provenance column; checked by the batch suite before a byte is written.
+
+Forms: a Parquet input comes back as the same file's columns and metadata (rows dropped, the label
+column rewritten); an image folder as Parquet with ``id, file, label, split`` and ``image`` (the
+file's bytes as they came in); built-in data sets as Parquet with uint8 ``image`` arrays.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from . import batches, lake
+from .data.dataset import Dataset
+from .validation import validate_batch
+
+DROP = ("reviewed", "flagged", "none")
+RELABEL = ("reviewed", "flagged", "none")
+PROVENANCE = "winnow_provenance"
+
+
+@dataclass
+class Cleaning:
+    """What the export does to each audited row (all arrays of shape (n,))."""
+
+    keep: np.ndarray  # bool
+    label: np.ndarray  # int64, the label written
+    provenance: np.ndarray  # object: "kept" or "relabelled from <class>"
+
+    def counts(self) -> dict:
+        relabelled = np.array([p.startswith("relabelled") for p in self.provenance]) & self.keep
+        return {"rows": int(len(self.keep)), "kept": int(self.keep.sum()), "dropped": int((~self.keep).sum()),
+                "relabelled": int(relabelled.sum())}
+
+
+def plan_cleaning(sample_ids: np.ndarray, labels: np.ndarray, class_names: list[str], queue: pd.DataFrame,
+                  flags: pd.DataFrame, drop: str = "reviewed", relabel: str = "reviewed") -> Cleaning:
+    """Decide, per row, whether it is kept and with which label.
+
+    Parameters
+    ----------
+    sample_ids, labels : np.ndarray, shape (n,)
+        The audited rows and their given labels.
+    queue : DataFrame
+        The review queue (``sample_id``, ``status``, ``new_label``): a reviewer's decision wins.
+    flags : DataFrame
+        This run's flagged samples (``sample_id``, ``suggested_label``).
+    drop : {"reviewed", "flagged", "none"}
+        ``reviewed``: drop what a reviewer dropped; ``flagged``: also every flagged sample no
+        reviewer accepted or relabelled; ``none``: drop nothing.
+    relabel : {"reviewed", "flagged", "none"}
+        ``reviewed``: apply reviewers' relabels; ``flagged``: also relabel every undecided flagged
+        sample to its suggested label (instead of dropping it); ``none``: keep given labels.
+    """
+    if drop not in DROP:
+        raise ValueError(f"--drop must be one of {', '.join(DROP)}, got {drop!r}")
+    if relabel not in RELABEL:
+        raise ValueError(f"--relabel must be one of {', '.join(RELABEL)}, got {relabel!r}")
+    if len(sample_ids) != len(labels):
+        raise ValueError(f"sample_ids has {len(sample_ids)} rows, labels {len(labels)}")
+    ids = pd.Index(np.asarray(sample_ids, dtype=str))
+    decided = queue.drop_duplicates("sample_id", keep="last").set_index("sample_id") if len(queue) else None
+    status = (decided["status"].reindex(ids).fillna("").to_numpy(object) if decided is not None
+              else np.full(len(ids), "", dtype=object))
+    new_label = (decided["new_label"].reindex(ids).fillna(-1).to_numpy(np.int64) if decided is not None
+                 else np.full(len(ids), -1, dtype=np.int64))
+    flagged = ids.isin(flags["sample_id"].astype(str)) if len(flags) else np.zeros(len(ids), bool)
+    suggested = (flags.drop_duplicates("sample_id").set_index("sample_id")["suggested_label"]
+                 .reindex(ids).fillna(-1).to_numpy(np.int64) if len(flags) else np.full(len(ids), -1, np.int64))
+    undecided = flagged & ~np.isin(status, ["accepted", "relabelled", "dropped"])
+
+    keep = np.ones(len(ids), dtype=bool)
+    out = np.asarray(labels, dtype=np.int64).copy()
+    if drop != "none":
+        keep &= status != "dropped"
+    if relabel != "none":
+        hit = (status == "relabelled") & (new_label >= 0)
+        out[hit] = new_label[hit]
+    if relabel == "flagged":
+        hit = undecided & (suggested >= 0)
+        out[hit] = suggested[hit]
+    elif drop == "flagged":
+        keep &= ~undecided
+    name = lambda i: class_names[i] if 0 <= i < len(class_names) else str(i)  # noqa: E731
+    provenance = np.array(["kept" if a == b else f"relabelled from {name(int(a))}" for a, b in zip(labels, out)],
+                          dtype=object)
+    return Cleaning(keep, out, provenance)
+
+
+# ---------------------------------------------------------------- the lake edge
+
+
+def find_run(ref: str) -> dict:
+    """A recorded audit by lake run id or MLflow run id (a unique prefix is enough)."""
+    folder = lake.paths().lake / "runs"
+    if not folder.exists() or not any(folder.glob("*.parquet")):
+        raise ValueError("no audit has been run yet (the lake has no runs)")
+    runs = lake.sql("SELECT * FROM runs ORDER BY created_at DESC")
+    hit = runs[runs["run_id"].astype(str).str.startswith(ref) | runs["mlflow_run_id"].astype(str).str.startswith(ref)]
+    if hit.empty:
+        raise ValueError(f"no audit run matches {ref!r} (see `winnow sql \"SELECT run_id, dataset, created_at FROM runs\"`)")
+    if hit["run_id"].nunique() > 1:
+        raise ValueError(f"{ref!r} matches several runs: {', '.join(hit['run_id'].unique()[:5])}; give more characters")
+    return hit.iloc[0].to_dict()
+
+
+def _flags(run_id: str) -> pd.DataFrame:
+    p = lake.part_path("flags", run_id)
+    return lake.read_part("flags", run_id) if p.exists() else pd.DataFrame(columns=["sample_id", "suggested_label"])
+
+
+def export(ref: str, out: str | Path, drop: str = "reviewed", relabel: str = "reviewed",
+           dry_run: bool = False) -> dict:
+    """Write the cleaned data set of run ``ref`` to ``out`` (Parquet); returns the counts.
+
+    The cleaned rows pass the same GX batch suite as an ingest before anything is written; the
+    file appears atomically (temp file, then rename).
+    """
+    from .review import read_queue
+
+    if not dry_run and (out is None or Path(out).suffix != ".parquet"):
+        raise ValueError(f"{out}: --out must be a .parquet file")
+    run = find_run(ref)
+    ds = batches.load_committed(run["batch_id"])
+    plan = plan_cleaning(ds.sample_id, ds.label, ds.class_names, read_queue(), _flags(run["run_id"]), drop, relabel)
+    counts = {"run_id": run["run_id"], **plan.counts()}
+    cleaned = ds.replace(label=plan.label).subset(plan.keep)
+    validate_batch(cleaned)
+    if dry_run:
+        return counts
+    table = _in_input_form(ds, plan, run.get("path"))
+    lake.atomic_write_parquet(table, Path(out).resolve())
+    return {**counts, "out": str(out)}
+
+
+def _label_values(ds: Dataset, labels: np.ndarray, as_type: pa.DataType | None):
+    names = np.asarray(ds.class_names, dtype=object)
+    numeric_names = all(n == str(i) for i, n in enumerate(ds.class_names))
+    if as_type is not None and (pa.types.is_integer(as_type) or pa.types.is_floating(as_type)):
+        return pa.array(labels, type=pa.int64()).cast(as_type)
+    if as_type is None and numeric_names:
+        return pa.array(labels, type=pa.int64())
+    return pa.array(names[labels].astype(str), type=pa.string())
+
+
+def _in_input_form(ds: Dataset, plan: Cleaning, source_path: str | None) -> pa.Table:
+    import pyarrow.parquet as pq
+
+    keep = plan.keep
+    form = ds.meta.get("form", "")
+    src = Path(source_path) if isinstance(source_path, str) and source_path else None
+    if src is not None and src.is_file() and src.suffix == ".parquet":
+        original = pq.read_table(src)
+        id_col = ds.meta.get("id_column") or ("sample_id" if "sample_id" in original.column_names else "id")
+        label_col = ds.meta.get("label_column") or "label"
+        file_ids = pd.Index(original.column(id_col).cast(pa.string()).to_numpy(zero_copy_only=False))
+        rows = file_ids.get_indexer(ds.sample_id.astype(str))
+        if (rows < 0).any():
+            raise ValueError(f"{src}: changed since the audit: id {ds.sample_id[np.flatnonzero(rows < 0)[0]]} is gone")
+        table = original.take(pa.array(rows[keep]))
+        i = table.column_names.index(label_col)
+        table = table.set_column(i, label_col, _label_values(ds, plan.label[keep], original.schema.field(label_col).type))
+        if PROVENANCE in table.column_names:
+            table = table.drop_columns([PROVENANCE])
+        table = table.append_column(PROVENANCE, pa.array(plan.provenance[keep].astype(str), type=pa.string()))
+        return table.replace_schema_metadata(original.schema.metadata)
+    cols = {"id": pa.array(ds.sample_id[keep].astype(str), type=pa.string())}
+    if form in ("class folders", "labels.csv") and src is not None and src.is_dir():
+        chosen = np.asarray(ds.meta.get("per_row", {}).get("files") or ds.sample_id, dtype=object)[keep]
+        cols["file"] = pa.array(chosen.astype(str), type=pa.string())
+        cols["image"] = pa.array([(src / f).read_bytes() for f in chosen], type=pa.binary())
+    elif ds.values.size:
+        flat = ds.values[keep]
+        cols["image"] = pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(flat).reshape(-1)),
+                                                          int(np.prod(ds.sample_shape)))
+    cols["label"] = _label_values(ds, plan.label[keep], None)
+    cols["split"] = pa.array(ds.split[keep].astype(str), type=pa.string())
+    cols[PROVENANCE] = pa.array(plan.provenance[keep].astype(str), type=pa.string())
+    meta = {"class_names": json.dumps(ds.class_names), "shape": ",".join(map(str, ds.sample_shape)),
+            "winnow": json.dumps({"class_names": ds.class_names, "exported_from": ds.name})}
+    return pa.table(cols).replace_schema_metadata(meta)

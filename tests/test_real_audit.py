@@ -1,0 +1,168 @@
+"""A team's own data audited end to end (real Prefect server, MLflow store, GX, lake): an image
+folder with wrong labels in both layouts, features, given pred_probs, a backbone; the flagged
+samples reach the review queue; the export applies the decisions; bad input never reaches the lake."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from winnow.flows.cli import main
+from winnow.tasks import lake, review
+
+pytestmark = pytest.mark.slow
+CLASSES = ("red", "green", "blue")
+
+
+def _colour_image(c: int, rng, size) -> Image.Image:
+    """A noisy blob of colour ``c``: learnable from a few dozen examples."""
+    h, w = size
+    arr = rng.integers(0, 60, (h, w, 3)).astype(np.uint8)
+    arr[..., c] = rng.integers(150, 256, (h, w))
+    return Image.fromarray(arr)
+
+
+@pytest.fixture(scope="module")
+def pets(tmp_path_factory):
+    """Class folders of mixed JPEG/PNG and sizes; 6 of 90 images filed under a wrong class."""
+    root = tmp_path_factory.mktemp("folder") / "colours"
+    rng = np.random.default_rng(0)
+    wrong = {}
+    for i in range(90):
+        true = i % 3
+        filed = (true + 1) % 3 if i % 15 == 0 else true
+        (root / CLASSES[filed]).mkdir(parents=True, exist_ok=True)
+        name = f"{CLASSES[filed]}/{i:03d}.{'jpg' if i % 2 else 'png'}"
+        _colour_image(true, rng, (16, 16) if i % 4 else (20, 18)).save(root / name)
+        if filed != true:
+            wrong[name] = true
+    return root, wrong
+
+
+def cli(*args: str) -> tuple[int, str, str]:
+    """``winnow ARGS`` in-process (the session's Prefect server); returns (exit code, stdout, stderr).
+    Plain StringIO redirection, not capsys: Prefect's log handler may keep the stream it first saw."""
+    import contextlib
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(list(args))
+    return rc, out.getvalue(), err.getvalue()
+
+
+def _rows(table: str, run_id: str):
+    return lake.sql(f"SELECT * FROM {table} WHERE run_id = '{run_id}'")
+
+
+def test_an_image_folder_is_audited_flagged_queued_and_exported(prefect_server, fresh_home, pets, tmp_path):
+    root, wrong = pets
+    rc, out, _ = cli("run", "--dataset", "images", "--path", str(root), "--model", "cnn", "--epochs", "6")
+    assert rc == 0
+    assert "estimated wrong labels:" in out and "winnow export" in out and "nan" not in out.lower()
+    run = lake.sql("SELECT * FROM runs WHERE mode = 'real'").iloc[0]
+    flags = _rows("flags", run["run_id"])
+    assert 0 < len(flags) == run["k"] < 45
+    assert set(flags["split"]) <= {"train", "test"}
+    samples = lake.sql("SELECT sample_id, split FROM samples")
+    assert len(samples) == 90  # every row audited, the test split included
+    scores = _rows("scores", run["run_id"])
+    assert scores.groupby("scorer").size().eq(90).all()
+    top = set(flags.sort_values("rank")["sample_id"].head(len(wrong)))
+    assert len(top & set(wrong)) >= len(wrong) // 2, (top, wrong)  # real detection, far above chance (6/90)
+    hit = flags[flags["sample_id"].isin(wrong)]
+    assert (hit["suggested_class"] == [CLASSES[wrong[s]] for s in hit["sample_id"]]).mean() >= 0.5
+    queue = review.read_queue()
+    assert set(flags["sample_id"]) <= set(queue["sample_id"])
+
+    # review two, export: input form (file + image bytes as they came), provenance
+    a, b = flags.sort_values("rank")["sample_id"].head(2)
+    review.decide([a], "relabel", int(flags.set_index("sample_id").loc[a, "suggested_label"]))
+    review.decide([b], "drop")
+    dest = tmp_path / "clean.parquet"
+    assert cli("export", run["run_id"][:8], "--out", str(dest))[0] == 0
+    t = pq.read_table(dest).to_pandas().set_index("id")
+    assert len(t) == 89 and b not in t.index and t.loc[a, "winnow_provenance"].startswith("relabelled from ")
+    assert t.loc[a, "label"] == flags.set_index("sample_id").loc[a, "suggested_class"]  # names, as the folders
+    assert t.loc[a, "image"] == (root / t.loc[a, "file"]).read_bytes()
+    rc, out, _ = cli("export", run["run_id"], "--dry-run", "--drop", "flagged")
+    # the relabelled flag stays (a reviewer decided); the dropped one and every undecided flag go
+    assert rc == 0 and f"would write {90 - len(flags) + 1:,} of 90 rows" in out
+
+
+def test_labels_csv_features_and_pred_probs(prefect_server, fresh_home, tmp_path):
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "flat"
+    folder.mkdir()
+    lines = []
+    for i in range(60):
+        _colour_image(i % 3, rng, (12, 12)).save(folder / f"im{i}.webp")
+        lines.append(f"im{i}.webp,{i % 3},{'test' if i < 12 else 'train'}")
+    (folder / "labels.csv").write_text("file,label,split\n" + "\n".join(lines) + "\n")
+    rc, out, err = cli("run", "--dataset", "images", "--path", str(folder), "--classes", ",".join(CLASSES),
+                       "--epochs", "3", "--image-size", "8,8")
+    assert rc == 0 and "estimated wrong labels:" in out, err[-2000:]
+
+    n = 400
+    centres = rng.normal(size=(4, 16)) * 3
+    y = rng.integers(0, 4, n)
+    x = (centres[y] + rng.normal(size=(n, 16))).astype(np.float32)
+    given = y.copy()
+    given[:20] = (y[:20] + 1) % 4  # 5% wrong
+    feats = tmp_path / "emb.parquet"
+    pq.write_table(pa.table({"id": [f"e{i}" for i in range(n)], "label": given,
+                             "features": pa.array(list(x), pa.list_(pa.float32()))}), feats)
+    assert cli("run", "--dataset", "parquet", "--path", str(feats), "--epochs", "5")[0] == 0
+    run = lake.sql("SELECT * FROM runs WHERE mode = 'real' ORDER BY created_at DESC").iloc[0]
+    assert run["model"] == "mlp"
+    flags = _rows("flags", run["run_id"])
+    assert len(set(flags["sample_id"]) & {f"e{i}" for i in range(20)}) >= 15
+
+    probs = np.full((n, 4), 0.02)
+    probs[np.arange(n), y] = 0.94
+    pp = tmp_path / "probs.parquet"
+    pq.write_table(pa.table({"id": [f"p{i}" for i in range(n)], "label": given,
+                             "pred_probs": pa.array(list(probs), pa.list_(pa.float64()))}), pp)
+    rc, out, _ = cli("run", "--dataset", "parquet", "--path", str(pp))
+    assert rc == 0 and "estimated wrong labels: 20 of 400 (5.0%)" in out and "given pred_probs" in out
+    run = lake.sql("SELECT * FROM runs WHERE mode = 'real' ORDER BY created_at DESC").iloc[0]
+    assert run["model"] == "given-probs" and set(_rows("flags", run["run_id"])["sample_id"]) == {
+        f"p{i}" for i in range(20)}
+    rc, _, err = cli("run", "--dataset", "parquet", "--path", str(pp), "--scorers", "tracin")
+    assert rc == 2 and "need a trained model" in err
+
+
+def test_a_backbone_embeds_then_the_head_is_audited(prefect_server, fresh_home, pets, tmp_path):
+    root, _ = pets
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(2),
+                              torch.nn.Flatten()).eval()
+    enc = tmp_path / "encoder.pt2"
+    torch.export.save(torch.export.export(net, (torch.rand(2, 3, 16, 16),),
+                                          dynamic_shapes=({0: torch.export.Dim("batch", min=1)},)), enc)
+    assert cli("run", "--dataset", "images", "--path", str(root), "--backbone", str(enc), "--epochs", "3")[0] == 0
+    run = lake.sql("SELECT * FROM runs WHERE mode = 'real'").iloc[0]
+    assert len(_rows("scores", run["run_id"])) == 3 * 90
+    rc, _, err = cli("run", "--dataset", "images", "--path", str(root), "--backbone", str(enc), "--model", "cnn")
+    assert rc == 2 and "--model mlp" in err
+
+
+def test_bad_user_data_is_refused_before_the_lake(prefect_server, fresh_home, tmp_path):
+    n = 30
+    flat = pa.array([list(range(16))] * n, pa.list_(pa.float32()))
+    p = tmp_path / "flat.parquet"
+    pq.write_table(pa.table({"id": [f"f{i}" for i in range(n)], "label": [i % 3 for i in range(n)],
+                             "features": flat}), p)
+    rc, _, err = cli("run", "--dataset", "parquet", "--path", str(p), "--model", "cnn")
+    assert rc == 2 and "--model cnn needs images" in err
+    bad = tmp_path / "gap.parquet"
+    pq.write_table(pa.table({"id": [f"g{i}" for i in range(n)], "label": [i % 3 for i in range(n - 1)] + [57],
+                             "features": flat}), bad)
+    with pytest.raises(Exception, match="gaps: 3..56"):
+        from winnow.flows.audit import audit
+        audit(dataset="parquet", path=str(bad))
+    assert not (fresh_home / "lake" / "samples").exists() or not any((fresh_home / "lake" / "samples").iterdir())
