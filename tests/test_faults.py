@@ -149,9 +149,9 @@ def test_kill_9_then_rerun_resumes_from_cache_with_identical_figures(concurrent_
     assert figures(rerun.stdout) == figures(reference)
 
 
-def test_truncated_artifact_and_lake_part_are_found_and_never_used(concurrent_pair, tmp_path):
-    home = tmp_path / "home"
-    shutil.copytree(concurrent_pair["shared"], home)
+def test_truncated_artifact_and_lake_part_are_found_and_never_used(concurrent_pair):
+    """Runs last on the shared home (its cache keys cover the home's path, so a copy would just recompute)."""
+    home = concurrent_pair["shared"]
     checkpoint = next((home / "artifacts" / "checkpoints").glob("*.pt"))
     part = next((home / "lake" / "samples").glob("*.parquet"))
     for f in (checkpoint, part):

@@ -106,6 +106,20 @@ def _folder(tmp: Path) -> list[str]:
     return ["run", "--dataset", "parquet", "--path", str(tmp / "a-folder")]
 
 
+def _images_case(name, mutate_dir, *expect):
+    """A flat folder of 8x8 PNGs with a labels.csv, then ``mutate_dir(folder)``."""
+    def make(tmp: Path) -> list[str]:
+        d = tmp / name
+        d.mkdir()
+        rng = np.random.default_rng(0)
+        for i in range(6):
+            (d / f"{i}.png").write_bytes(_png(rng.integers(0, 256, (8, 8)).astype(np.uint8)))
+        (d / "labels.csv").write_text("file,label\n" + "".join(f"{i}.png,{i % 2}\n" for i in range(6)))
+        mutate_dir(d)
+        return ["run", "--dataset", "images", "--path", str(d)]
+    return Case(name, make, expect)
+
+
 def _idx_case(name, mutate_dir, *expect):
     def make(tmp: Path) -> list[str]:
         d = tmp / name
@@ -158,7 +172,7 @@ CASES = [
     # schema
     parquet_case("no-id-column", _drop("id"), "no id column"),
     parquet_case("no-label-column", _drop("label"), "no 'label' column"),
-    parquet_case("no-image-column", _drop("image"), "no image column"),
+    parquet_case("no-image-column", _drop("image"), "no sample column"),
     parquet_case("zero-rows", lambda c: {k: (v[:0] if isinstance(v, pa.Array) else v[:0]) for k, v in c.items()},
                  "no rows"),
     # nulls
@@ -170,7 +184,7 @@ CASES = [
                                                                   enumerate(old.to_pylist())])),
                  "'image' row 3", "is null"),
     # types and values
-    parquet_case("unreadable-pixel-string", _unreadable_values, "image", "pixel0"),
+    parquet_case("unreadable-pixel-string", _unreadable_values, "column 'image'", "string values"),
     parquet_case("pixel-above-range", _image_rows(lambda i, im: (im * (2.0 if i == 4 else 1.0)).tolist()),
                  "pixel_max"),
     parquet_case("negative-pixel", _image_rows(lambda i, im: (im - (0.5 if i == 2 else 0.0)).tolist()),
@@ -191,20 +205,23 @@ CASES = [
                  "'split'", "validation"),
     # shapes
     parquet_case("ragged-image-shapes", _image_rows(lambda i, im: (im[:4] if i == 6 else im).tolist()),
-                 "different shapes"),
+                 "column 'image'", "row 6"),
     # duplicates
     parquet_case("duplicate-ids", _set("id", lambda old: ["u0" if i == 8 else v for i, v in enumerate(old)]),
                  "sample_id", "unique"),
     # encodings
     parquet_case("corrupt-png-bytes", _set("image", lambda old: pa.array(
         [b"\x89PNG\r\n\x1a\nbroken" if i == 2 else v for i, v in enumerate(old.to_pylist())])),
-        "row 2", "not a readable PNG", png=True),
-    parquet_case("png-16-bit", _set("image", lambda old: pa.array(
-        [_png((np.ones((8, 8)) * 60000).astype(np.uint16)) if i == 0 else v for i, v in enumerate(old.to_pylist())])),
-        "pixel_max", png=True),
-    parquet_case("png-mixed-gray-and-rgb", _set("image", lambda old: pa.array(
-        [_png(np.zeros((8, 8, 3), np.uint8)) if i == 0 else v for i, v in enumerate(old.to_pylist())])),
-        "different shapes", png=True),
+        "row 2", "not a readable image", png=True),
+    # image folders with a labels.csv (--dataset images)
+    _images_case("labels-csv-latin-1", lambda d: (d / "labels.csv").write_bytes(
+        "file,label\n".encode() + "".join(f"{i}.png,caf\u00e9{i % 2}\n" for i in range(6)).encode("latin-1")),
+        "labels.csv", "not a readable CSV"),
+    _images_case("image-file-truncated", lambda d: (d / "3.png").write_bytes((d / "3.png").read_bytes()[:30]),
+                 "3.png", "not a readable image"),
+    _images_case("text-file-named-png", lambda d: (d / "4.png").write_text("hello, not an image\n"),
+                 "4.png", "not a readable image"),
+    _images_case("labels-csv-names-a-missing-image", lambda d: (d / "5.png").unlink(), "row 7", "'5.png' not found"),
     # Fashion-MNIST IDX folders
     _idx_case("idx-wrong-magic", _idx_wrong_magic, "not an IDX image file", "magic 1234"),
     _idx_case("idx-missing-file", _idx_missing, "t10k-labels-idx1-ubyte", "file not found"),
@@ -247,7 +264,8 @@ def test_bad_input_is_refused_cleanly(case, populated_home, tmp_path, capfd):
     code = main([*args, "--epochs", "1", "--scorers", "loss"] if "--scorers" not in args else [*args, "--epochs", "1"])
     err = capfd.readouterr().err
     last = err.strip().splitlines()[-1]
-    print(f"{case.name}: {last}")  # the corpus' report (pytest -s shows it)
+    with capfd.disabled():
+        print(f"\n{case.name}: {last}")  # the corpus' report (pytest -s shows it)
     assert code == 2, err[-2000:]
     assert last.startswith("winnow run: error: "), err[-2000:]
     for fragment in case.expect:
