@@ -291,9 +291,16 @@ def test_debug_shows_the_traceback(populated_home, tmp_path, capfd):
     capfd.readouterr()
     assert main(["--debug", "run", "--dataset", "parquet", "--path", str(path), "--scorers", "loss"]) == 2
     err = capfd.readouterr().err
+    os.environ.pop("WINNOW_DEBUG", None)
     assert "Traceback" in err
     assert "no 'label' column" in err.strip().splitlines()[-1]
-    os.environ.pop("WINNOW_DEBUG", None)
+    # and the Prefect UI shows the refused run as Failed, with the cause as its message
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        latest = client.read_flow_runs(sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=1)[0]
+    assert latest.state.is_failed() and "no 'label' column" in latest.state.message
 
 
 def test_unexpected_errors_keep_their_traceback_and_say_how_to_report(tmp_path, capfd, monkeypatch):
