@@ -147,15 +147,15 @@ def cmd_run(args) -> int:
         raise ValueError(f"--dataset {args.dataset} needs --path")
     if args.path and not os.path.exists(args.path):
         raise FileNotFoundError(errno.ENOENT, "no such file or folder (--path)", args.path)
-    if args.refresh:
-        os.environ["PREFECT_TASKS_REFRESH_CACHE"] = "true"
     from winnow.flows.audit import audit
+    from winnow.tasks.settings import refresh_cache
 
     inputs = InputOptions(args.classes, args.num_classes, args.shape, args.image_size, args.label_column,
                           args.min_class_samples).as_dict()
-    result = audit(dataset=args.dataset, path=args.path, limit=args.limit, noise=args.noise, rate=args.rate,
-                   seed=args.seed, model=args.model, scorers=args.scorers, prune_k=args.prune_k, epochs=args.epochs,
-                   explain_top=args.explain, inputs=inputs, backbone=args.backbone)
+    with refresh_cache(args.refresh):
+        result = audit(dataset=args.dataset, path=args.path, limit=args.limit, noise=args.noise, rate=args.rate,
+                       seed=args.seed, model=args.model, scorers=args.scorers, prune_k=args.prune_k,
+                       epochs=args.epochs, explain_top=args.explain, inputs=inputs, backbone=args.backbone)
     if result.mode == "real":
         return _print_real(result, args.format)
     table = result.table()[["scorer", "auroc", "ap", "precision_at_k", "recall_at_k", "pruned_accuracy", "seconds"]]

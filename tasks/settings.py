@@ -67,3 +67,19 @@ def configure_environment() -> Paths:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("TQDM_DISABLE", os.environ.get("TQDM_DISABLE", "0"))
     return p
+
+
+def refresh_cache(enabled: bool = True):
+    """Context in which Prefect tasks recompute instead of reading their cache (``--refresh``).
+
+    Prefect reads its settings when it is imported, so setting ``PREFECT_TASKS_REFRESH_CACHE``
+    in the environment afterwards does nothing (that is how ``--refresh`` used to be done, and it
+    was silently ignored); ``temporary_settings`` changes the live settings instead.
+    """
+    from contextlib import nullcontext
+
+    if not enabled:
+        return nullcontext()
+    from prefect.settings import PREFECT_TASKS_REFRESH_CACHE, temporary_settings
+
+    return temporary_settings({PREFECT_TASKS_REFRESH_CACHE: True})

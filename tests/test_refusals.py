@@ -21,7 +21,6 @@ from typing import Callable
 import numpy as np
 import prefect.main  # noqa: F401 - sets up Prefect's logging now, not inside a test whose captured stderr then closes
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
