@@ -382,7 +382,6 @@ def _positive_int(v: str) -> int:
 
 
 def cmd_explain(args) -> int:
-
     # Fail on bad input before a temporary Prefect server is started for nothing.
     _check_args(args.top, args.baseline, args.rtol, args.max_steps, args.vae_epochs, 16, 1000, 1000)
     resolve_run(args.run_id)
