@@ -20,7 +20,7 @@ from prefect.context import get_run_context
 from winnow.tasks import artifacts, lake, stages
 from winnow.tasks.metrics import detection_metrics
 from winnow.tasks.plots import detection_curves
-from winnow.tasks.scorers import parse_scorer_list
+from winnow.tasks.scorers import default_scorers, parse_scorer_list
 from winnow.tasks.settings import paths
 from winnow.tasks.tracking import log_audit
 
@@ -60,19 +60,6 @@ class _Stages:
 
 
 USER_DATA = ("images", "parquet")  # the user's own labels: audited as they are unless noise is asked for
-
-
-#: the recommended detector first: it ranks the flags (and, for arrivals, the review queue)
-RECOMMENDED = "aum"
-PROBABILITY_SCORERS = "loss,margin,confident"  # what runs on given pred_probs (no model, no dynamics)
-
-
-def default_scorers(data_kind: str, noise: str) -> str:
-    """The scorers a run uses when ``--scorers`` is not given; the first ranks the flags.
-    Graded runs (injected noise) add ``random``, the floor every figure is read against."""
-    if data_kind == "probs":
-        return PROBABILITY_SCORERS
-    return f"{RECOMMENDED},loss,confident" + (",random" if noise != "none" else "")
 
 
 @flow(name="audit", log_prints=True)

@@ -206,6 +206,19 @@ def get_scorer(name: str, **options) -> Scorer:
     return scorer_class(name)(**options)
 
 
+#: the recommended detector first: it ranks the flags (and, for arrivals, the review queue)
+RECOMMENDED = "aum"
+PROBABILITY_SCORERS = "loss,margin,confident"  # what runs on given pred_probs (no model, no dynamics)
+
+
+def default_scorers(data_kind: str, noise: str) -> str:
+    """The scorers a run uses when ``--scorers`` is not given; the first ranks the flags.
+    Graded runs (injected noise) add ``random``, the floor every figure is read against."""
+    if data_kind == "probs":
+        return PROBABILITY_SCORERS
+    return f"{RECOMMENDED},loss,confident" + (",random" if noise != "none" else "")
+
+
 def probability_scorers() -> list[str]:
     """Scorers that run on given probabilities alone (no model, no checkpoints)."""
     return [n for n in available() if not _REGISTRY[n].needs_model]

@@ -1,0 +1,45 @@
+"""The public Python API: ``import winnow``; ``winnow.find_label_issues`` on arrays (no services)."""
+import numpy as np
+import pytest
+
+import winnow
+
+
+def _mixture(n=600, d=8, k=3, flips=30, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, n)
+    x = (rng.normal(size=(k, d)) * 4)[y] + rng.normal(size=(n, d))
+    given = y.copy()
+    given[:flips] = (y[:flips] + 1) % k
+    return x.astype(np.float32), y, given
+
+
+def test_pred_probs_rank_the_flipped_labels_first():
+    _, y, given = _mixture()
+    probs = np.full((len(y), 3), 0.05)
+    probs[np.arange(len(y)), y] = 0.9
+    table = winnow.find_label_issues(given, pred_probs=probs)
+    assert list(table.columns[:5]) == ["index", "label", "suggested_label", "score", "is_label_issue"]
+    assert set(table["index"][:30]) == set(range(30))
+    assert table["is_label_issue"].sum() == 30
+    assert (table.set_index("index").loc[range(30), "suggested_label"] == y[:30]).all()
+    assert {"score_loss", "score_margin", "score_confident"} <= set(table.columns)
+
+
+def test_features_train_a_model_and_find_most_flips():
+    x, _, given = _mixture()
+    table = winnow.find_label_issues(given, features=x, epochs=8)
+    top = set(table["index"][:30])
+    assert len(top & set(range(30))) >= 24  # 30 flips among 600
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({}, "exactly one of"),
+    ({"pred_probs": np.full((4, 2), 0.5), "features": np.zeros((4, 3))}, "exactly one of"),
+    ({"pred_probs": np.full((3, 2), 0.5)}, "labels has 4 rows"),
+    ({"features": np.zeros((4, 2, 2))}, r"features must have shape \(n, D\)"),
+    ({"pred_probs": np.full((4, 2), 0.5), "scorers": "tracin"}, "need a model"),
+])
+def test_bad_arguments_are_one_line_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        winnow.find_label_issues(np.array([0, 1, 0, 1]), **kwargs)
