@@ -48,10 +48,12 @@ def figures(stdout: str) -> list[dict]:
     return [{k: v for k, v in row.items() if k not in ("score s", "mlflow_run_id")} for row in json.loads(stdout)]
 
 
-def wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float = 300) -> None:
+def wait_for(path: Path, pattern: str, proc: subprocess.Popen, timeout: float = 300) -> None:
+    """Wait until a line of ``path`` matches the regular expression ``pattern``."""
+    text = pattern
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if path.exists() and text in path.read_text(errors="replace"):
+        if path.exists() and re.search(pattern, path.read_text(errors="replace")):
             return
         assert proc.poll() is None, f"run ended before {text!r}: {path.read_text()[-2000:]}"
         time.sleep(0.2)
@@ -66,7 +68,7 @@ def test_sigterm_mid_training_ends_the_run_and_every_child(tmp_path):
         proc = subprocess.Popen([*CLI, "run", "--epochs", "400", "--scorers", "loss", "--prune-k", "10"],
                                 env=cli_env(home), stdout=subprocess.DEVNULL, stderr=fh, cwd=tmp_path)
     try:
-        wait_for(err, "epoch 2/400", proc)
+        wait_for(err, r"epoch 2/400", proc)
         children = descendants(proc.pid)
         assert children, "the temporary Prefect server should be a child of the CLI"
         t0 = time.monotonic()
@@ -106,7 +108,8 @@ def concurrent_pair(tmp_path_factory, api_url):
         victim = subprocess.Popen([*CLI, *RUN, "--seed", "0"], env=cli_env(killed_home, api_url),
                                   stdout=subprocess.DEVNULL, stderr=fh, cwd=killed_home)
     try:
-        wait_for(err, "noisy-label model: test accuracy", victim, timeout=600)
+        # once the train task's result is persisted (its Completed state comes after that)
+        wait_for(err, r"Task run 'train-\w+' - Finished in state Completed", victim, timeout=600)
         victim.kill()  # SIGKILL: no clean-up runs at all
         victim.wait()
         for p in runs.values():
