@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import signal
 import traceback
 
@@ -69,7 +70,9 @@ def cause(exc: BaseException) -> str:
         elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
             text += " (point WINNOW_HOME at a writable folder)"
         return text
-    lines = [ln.strip(" -") for ln in str(exc).splitlines() if ln.strip(" -")]
+    # one line per message line, without the "  - " bullets of multi-line messages (ValidationFailed)
+    lines = [re.sub(r"^\s*-\s+", "", ln).strip() for ln in str(exc).splitlines()]
+    lines = [ln for ln in lines if ln]
     text = "".join(f"{ln}{' ' if ln.endswith(':') else '; '}" for ln in lines[:-1]) + (lines[-1] if lines else "")
     if isinstance(exc, KeyError) or not lines:
         text = f"{exc.__class__.__name__}: {text}"
