@@ -130,13 +130,14 @@ def _check_run(info: dict, model: str, names: list[str], noise: str, backbone: s
     """Refuse, in one line and before any training, a model or scorer this data cannot take."""
     from winnow.tasks.models.nets import check_fits
     from winnow.tasks.scorers import probability_scorers
+    from winnow.tasks.scorers.base import scorer_class
 
     if info["kind"] == "probs":
         if noise != "none":
             raise ValueError("pred_probs input audits the labels as given: --noise must be none")
         if backbone:
             raise ValueError("--backbone embeds images; this file holds pred_probs, which need no model")
-        wrong = [n for n in names if n not in probability_scorers()]
+        wrong = [n for n in names if scorer_class(n).needs_model]
         if wrong:
             raise ValueError(f"scorer(s) {', '.join(wrong)} need a trained model; on pred_probs choose from "
                              f"{', '.join(probability_scorers())}")

@@ -184,6 +184,7 @@ def _print_real(result, fmt: str) -> int:
         return 0
     print(f"estimated wrong labels: {est['estimated_wrong_labels']:,} of {est['samples']:,} "
           f"({est['estimated_noise_rate']:.1%}) — {est['estimator']} ({est['folds']})")
+    print(f"data: {result.params['data_kind']} ({result.params['form']}); classes: {result.params['classes']}")
     test = f"; test rows {est['test_oos_accuracy']:.4f}" if est["test_rows"] else ""
     print(f"out-of-sample agreement with the given labels: {est['oos_accuracy']:.4f}{test}")
     top = flagged.head(20).reset_index(drop=True)

@@ -24,6 +24,7 @@ import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from winnow.flows import review_app
 from winnow.tasks import arrivals, artifacts, batches, canaries, gates, lake, registry, report, review, stages
 from winnow.tasks.data.dataset import Dataset
 from winnow.tasks.scorers import parse_scorer_list
@@ -264,7 +265,8 @@ def _publish(path, stream, batch_id, verdict, figures, flow_run_id, run, committ
     run_id = artifacts.key_of("on-arrival", batch_id, train_key, cand_key, flow_run_id)
     flagged = flagged if flagged is not None else review.empty_queue()
     out_dir = paths().reports / "arrivals" / run_id
-    page = _render_report(run_id, stream, path, batch_id, verdict, figures, flagged, pool, names, planted, scores)
+    page = _render_report(run_id, stream, path, batch_id, verdict, figures, flagged, pool, names, planted, scores,
+                          committed)
     report_path = report.write(out_dir / "review.html", page)
 
     model = example = None
@@ -315,7 +317,8 @@ def _publish(path, stream, batch_id, verdict, figures, flow_run_id, run, committ
     return result
 
 
-def _render_report(run_id, stream, path, batch_id, verdict, figures, flagged, pool, names, planted, scores) -> str:
+def _render_report(run_id, stream, path, batch_id, verdict, figures, flagged, pool, names, planted, scores,
+                   committed) -> str:
     images = np.zeros((0, 1, 1, 1), np.float32)
     plot = None
     table = flagged.copy()
@@ -325,11 +328,14 @@ def _render_report(run_id, stream, path, batch_id, verdict, figures, flagged, po
         for n in names:
             table[f"rank_{n}"] = [json.loads(r)[n] for r in flagged["ranks"]]
     if pool is not None and scores:
-        flagged_mask = np.isin(pool.sample_id.astype(str), flagged["sample_id"])
+        flagged_mask = pd.Index(pool.sample_id.astype(str)).isin(flagged["sample_id"])
         plot = report.summary_plot(scores, flagged_mask | (planted if planted is not None else False),
                                    pool.label, pool.class_names, planted)
+    # the flagged samples reach the review queue only with the batch: only then is there a page to link
+    review_link = ((review_app.review_url(batch_id), f"winnow review serve --run {batch_id}")
+                   if committed and len(flagged) else None)
     return report.render(run_id, f"stream {stream} · batch {batch_id} · {Path(path).name}", verdict.passed,
-                         verdict.summary(), verdict.reports, table, images, figures, plot, list(names))
+                         verdict.summary(), verdict.reports, table, images, figures, plot, list(names), review_link)
 
 
 # ---------------------------------------------------------------- the watcher (a separate process)
@@ -421,14 +427,17 @@ def add_commands(sub) -> dict:
                              ("pending", "undo a decision")):
         a = rs.add_parser(action, help=helptext)
         a.add_argument("ids", nargs="+", metavar="ID")
+        a.add_argument("--by", help="who decided (default: your user name)")
     rl = rs.add_parser("relabel", help="the label is wrong: set a new one")
     rl.add_argument("ids", nargs="+", metavar="ID")
     rl.add_argument("--to", type=int, required=True, help="the new label (class index)")
+    rl.add_argument("--by", help="who decided (default: your user name)")
     ex = rs.add_parser("export", help="write the queue to a CSV with a decision column to fill in")
     ex.add_argument("file")
     ex.add_argument("--status", default="pending", help="which rows (default pending; 'all' for every row)")
     im = rs.add_parser("import", help="apply the decisions of an edited export")
     im.add_argument("file")
+    review_app.add_serve_command(rs)
 
     g = sub.add_parser("gate", help="run the release gate on a batch, or show a recorded verdict (exit 1: failed)",
                        description="With PATH: process it like an arrival and exit 0 if the gate passes, 1 if "
@@ -487,12 +496,14 @@ def cmd_watch(args) -> int:
 def cmd_review(args) -> int:
     from winnow.flows.cli import print_frame
 
+    if args.action == "serve":
+        return review_app.cmd_serve(args)
     if args.action == "list":
         q = review.read_queue()
         if args.status != "all":
             q = q[q["status"] == args.status]
-        print_frame(q[["sample_id", "batch_id", "given_label", "suggested_label", "score", "status", "new_label"]],
-                    args.format, title=f"review queue ({args.status})")
+        print_frame(q[["sample_id", "batch_id", "given_label", "suggested_label", "score", "status", "new_label",
+                       "decided_by"]], args.format, title=f"review queue ({args.status})")
         return 0
     if args.action == "export":
         n = review.export_csv(Path(args.file), None if args.status == "all" else args.status)
@@ -502,7 +513,7 @@ def cmd_review(args) -> int:
     if args.action == "import":
         print(f"recorded {review.import_csv(Path(args.file))} decisions")
         return 0
-    rows = review.decide(args.ids, args.action, getattr(args, "to", None))
+    rows = review.decide(args.ids, args.action, getattr(args, "to", None), args.by)
     print(f"{args.action}: {len(rows)} sample(s) -> {review.ACTIONS[args.action]}")
     return 0
 

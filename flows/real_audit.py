@@ -101,6 +101,7 @@ def markdown(estimate: dict, rows: pd.DataFrame, params: dict, run_id: str, top:
              "| rank | sample | split | given | suggested | score |", "|---|---|---|---|---|---|"]
     for i, r in enumerate(rows.head(top).itertuples(index=False), 1):
         lines.append(f"| {i} | `{r.sample_id}` | {r.split} | {r.given_class} | {r.suggested_class} | {r.score:.3f} |")
-    lines += ["", f"Review: `winnow review list` · `winnow review relabel ID --to N` · `winnow review drop ID`; "
+    lines += ["", f"Review in the browser: `winnow review serve --run {run_id}` (http://127.0.0.1:8765/), or "
+                  f"`winnow review list` · `winnow review relabel ID --to N` · `winnow review drop ID`; "
                   f"then `winnow export {run_id} --out cleaned.parquet`."]
     return "\n".join(lines)

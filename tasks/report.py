@@ -17,8 +17,9 @@ import pandas as pd
 from .validation import CheckReport
 
 
-def png_b64(image: np.ndarray, size: int = 96) -> str:
-    """A (C, H, W) or (H, W) image in [0, 1] as a base64 PNG, upscaled without smoothing."""
+def png_bytes(image: np.ndarray, size: int = 96) -> bytes:
+    """A (C, H, W) or (H, W) image in [0, 1] as PNG bytes, upscaled without smoothing to about
+    ``size`` pixels on its longer side (an integer factor, so pixels stay square)."""
     from PIL import Image
 
     img = np.asarray(image, dtype=np.float32)
@@ -30,7 +31,12 @@ def png_b64(image: np.ndarray, size: int = 96) -> str:
     pil = pil.resize((arr.shape[1] * scale, arr.shape[0] * scale), Image.NEAREST)
     buf = io.BytesIO()
     pil.save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode()
+    return buf.getvalue()
+
+
+def png_b64(image: np.ndarray, size: int = 96) -> str:
+    """:func:`png_bytes` as base64 (for pages that inline their images)."""
+    return base64.b64encode(png_bytes(image, size)).decode()
 
 
 def summary_plot(scores: dict[str, np.ndarray], flagged: np.ndarray, given: np.ndarray, class_names: list[str],
@@ -93,7 +99,7 @@ tr.bad td{background:#fde0e0}
 
 def render(run_id: str, title: str, verdict_passed: bool, verdict_line: str, reports: list[CheckReport],
            flagged: pd.DataFrame, images: np.ndarray, figures: dict[str, float | str], plot_b64: str | None,
-           scorer_names: list[str]) -> str:
+           scorer_names: list[str], review: tuple[str, str] | None = None) -> str:
     """The report page.
 
     Parameters
@@ -105,6 +111,8 @@ def render(run_id: str, title: str, verdict_passed: bool, verdict_line: str, rep
         Their pixels, in the same order.
     figures : dict
         Headline figures (noise rate, flagged fraction, canary recall, accuracies, ...).
+    review : (url, command), optional
+        Where the review page of these samples is served, and the command that serves it.
     """
     cards = []
     for (_, row), img in zip(flagged.iterrows(), images):
@@ -119,6 +127,8 @@ def render(run_id: str, title: str, verdict_passed: bool, verdict_line: str, rep
     fig_rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v if isinstance(v, str) else f'{v:.4g}')}</td></tr>"
                        for k, v in figures.items())
     plot = f"<img alt='summary plots' src='data:image/png;base64,{plot_b64}'/>" if plot_b64 else ""
+    review_p = (f"<p id='review-link'>Decide in the browser: <a href='{html.escape(review[0])}'>"
+                f"{html.escape(review[0])}</a> (served by <code>{html.escape(review[1])}</code>)</p>") if review else ""
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>winnow review · {html.escape(run_id)}</title><style>{CSS}</style></head>
 <body>
@@ -128,7 +138,7 @@ def render(run_id: str, title: str, verdict_passed: bool, verdict_line: str, rep
  {html.escape(verdict_line)}</p>
 <h2>Figures</h2><table id="figures">{fig_rows}</table>
 <h2>Summary plots</h2>{plot}
-<h2 id="flagged-title">Flagged samples ({len(cards)})</h2>
+<h2 id="flagged-title">Flagged samples ({len(cards)})</h2>{review_p}
 <div class="grid" id="flagged">{''.join(cards) or '<p>none flagged</p>'}</div>
 <h2>Release gate (Great Expectations)</h2>{_gate_html(reports)}
 </body></html>

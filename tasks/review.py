@@ -6,7 +6,8 @@ under a file lock so two flows and a reviewer never lose each other's rows). Col
 
 sample_id, batch_id, run_id, given_label, suggested_label, given_class, suggested_class, score
 (the primary scorer's), scores and ranks (JSON: scorer -> value), status (pending | accepted |
-relabelled | dropped), new_label (-1 unless relabelled), created_at, decided_at.
+relabelled | dropped), new_label (-1 unless relabelled), created_at, decided_at, decided_by (who
+recorded the decision; empty while pending and in parts written before the column existed).
 
 Accepted data = every committed batch of a stream, minus the samples a reviewer dropped, with
 their relabels applied. Pending samples stay in (a flag is a question, not a verdict).
@@ -26,8 +27,19 @@ from .data.dataset import Dataset
 TABLE = "review_queue"
 PART = "queue"
 COLUMNS = ["sample_id", "batch_id", "run_id", "given_label", "suggested_label", "given_class", "suggested_class",
-           "score", "scores", "ranks", "status", "new_label", "created_at", "decided_at"]
+           "score", "scores", "ranks", "status", "new_label", "created_at", "decided_at", "decided_by"]
 ACTIONS = {"accept": "accepted", "relabel": "relabelled", "drop": "dropped", "pending": "pending"}
+# Columns added after the first queue parts were written, with the value an old part implies.
+LATER_COLUMNS = {"decided_by": ""}
+
+
+class DecisionConflict(ValueError):
+    """The row changed since the reviewer saw it (another tab or person decided it); ``row`` is
+    its current state, so the caller can show it instead of overwriting it."""
+
+    def __init__(self, message: str, row: dict):
+        super().__init__(message)
+        self.row = row
 
 
 # ---------------------------------------------------------------- pure
@@ -38,8 +50,19 @@ def empty_queue() -> pd.DataFrame:
                                       else "float64" if c == "score" else object) for c in COLUMNS})
 
 
+def conform(queue: pd.DataFrame) -> pd.DataFrame:
+    """``queue`` with every column of :data:`COLUMNS`: a part written before a column was added
+    gets that column's implied value (:data:`LATER_COLUMNS`); any other missing column is an error."""
+    missing = [c for c in COLUMNS if c not in queue.columns and c not in LATER_COLUMNS]
+    if missing:
+        raise ValueError(f"review_queue: missing column(s) {', '.join(missing)}")
+    added = {c: v for c, v in LATER_COLUMNS.items() if c not in queue.columns}
+    return queue.assign(**added) if added else queue
+
+
 def merge_new(queue: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
     """Append flagged rows whose sample is not queued yet (a decided sample is not asked again)."""
+    rows = conform(rows)
     fresh = rows[~rows["sample_id"].isin(queue["sample_id"])]
     if fresh.empty:
         return queue
@@ -47,8 +70,13 @@ def merge_new(queue: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def apply_action(queue: pd.DataFrame, ids: list[str], action: str, label: int | None = None,
-                 now: str = "") -> pd.DataFrame:
-    """Record one decision for ``ids``; raises ``ValueError`` naming unknown ids or a bad action."""
+                 now: str = "", by: str = "", expect_decided_at: str | None = None) -> pd.DataFrame:
+    """Record one decision for ``ids``; raises ``ValueError`` naming unknown ids or a bad action.
+
+    ``by`` names who decided (kept in ``decided_by``). With ``expect_decided_at`` (the
+    ``decided_at`` the reviewer saw; ``""`` for a pending row), a row that has changed since
+    raises :class:`DecisionConflict` instead of being overwritten.
+    """
     if action not in ACTIONS:
         raise ValueError(f"unknown review action {action!r}; choose one of {sorted(ACTIONS)}")
     if action == "relabel" and label is None:
@@ -56,12 +84,78 @@ def apply_action(queue: pd.DataFrame, ids: list[str], action: str, label: int | 
     missing = sorted(set(ids) - set(queue["sample_id"]))
     if missing:
         raise ValueError(f"not in the review queue: {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""))
-    out = queue.copy()
+    out = conform(queue).copy()
     hit = out["sample_id"].isin(ids)
+    if expect_decided_at is not None:
+        changed = out[hit & (out["decided_at"].fillna("").astype(str) != expect_decided_at)]
+        if len(changed):
+            row = changed.iloc[0].to_dict()
+            who = f" by {row['decided_by']}" if row["decided_by"] else ""
+            raise DecisionConflict(f"{row['sample_id']} changed since you saw it: {row['status']}{who} "
+                                   f"at {row['decided_at'] or '-'}", row)
     out.loc[hit, "status"] = ACTIONS[action]
     out.loc[hit, "new_label"] = int(label) if action == "relabel" else -1
     out.loc[hit, "decided_at"] = now if action != "pending" else ""
+    out.loc[hit, "decided_by"] = by if action != "pending" else ""
     return out
+
+
+def progress(status: pd.Series | np.ndarray | list[str], z: float = 1.96) -> dict:
+    """How far review has got, and the estimated precision of the flags so far.
+
+    A flag was right when the reviewer relabelled or dropped the sample (its given label was
+    wrong, or the sample is unusable) and wrong when they accepted the given label. Precision =
+    right / reviewed, with a Wilson score interval (``z`` = 1.96: 95%).
+
+    Parameters
+    ----------
+    status : shape (n,), the ``status`` column of the flagged rows
+
+    Returns
+    -------
+    dict with flagged, reviewed, pending, accepted, relabelled, dropped, precision, precision_low,
+    precision_high (the last three ``None`` before the first decision)
+    """
+    values = np.asarray(status, dtype=object)
+    unknown = sorted(set(values.tolist()) - set(ACTIONS.values()))
+    if unknown:
+        raise ValueError(f"review_queue.status: unknown value(s) {unknown}")
+    counts = {s: int((values == s).sum()) for s in ACTIONS.values()}
+    reviewed = len(values) - counts["pending"]
+    out = {"flagged": len(values), "reviewed": reviewed, **counts,
+           "precision": None, "precision_low": None, "precision_high": None}
+    if reviewed:
+        right = counts["relabelled"] + counts["dropped"]
+        p = right / reviewed
+        denom = 1 + z * z / reviewed
+        centre = (p + z * z / (2 * reviewed)) / denom
+        half = z * np.sqrt(p * (1 - p) / reviewed + z * z / (4 * reviewed * reviewed)) / denom
+        out.update(precision=p, precision_low=float(max(0.0, centre - half)), precision_high=float(min(1.0, centre + half)))
+    return out
+
+
+def flagged_by(queue: pd.DataFrame) -> list[list[str]]:
+    """For each row, the scorers that would have flagged it too, at the same depth.
+
+    A run flags the top of its primary scorer (the one whose value is the row's ``score``); its
+    depth is the deepest primary rank among the run's queued rows. A scorer flags a row when it
+    ranks it within that depth.
+
+    Returns
+    -------
+    list (one per row, in order) of scorer names, sorted
+    """
+    if queue.empty:
+        return []
+    ranks = [json.loads(r) if r else {} for r in queue["ranks"]]
+    scores = [json.loads(s) if s else {} for s in queue["scores"]]
+    primary = [min(s, key=lambda n, s=s, v=v: abs(s[n] - v)) if s else None for s, v in zip(scores, queue["score"])]
+    depth: dict[str, int] = {}
+    for run, r, p in zip(queue["run_id"].astype(str), ranks, primary):
+        if p is not None and p in r:
+            depth[run] = max(depth.get(run, 0), int(r[p]))
+    return [sorted(n for n, v in r.items() if int(v) <= depth.get(run, 0))
+            for run, r in zip(queue["run_id"].astype(str), ranks)]
 
 
 def apply_decisions(ds: Dataset, queue: pd.DataFrame) -> Dataset:
@@ -150,6 +244,7 @@ def flagged_rows(train: Dataset, chosen: np.ndarray, oos: np.ndarray, scores: di
         "scores": [json.dumps({n: float(s[i]) for n, s in scores.items()}) for i in idx],
         "ranks": [json.dumps({n: int(r[i]) for n, r in ranks.items()}) for i in idx],
         "status": "pending", "new_label": np.full(len(idx), -1, dtype=np.int64), "created_at": now, "decided_at": "",
+        "decided_by": "",
     })
 
 
@@ -166,8 +261,15 @@ def _locked():
 
 
 def read_queue() -> pd.DataFrame:
+    """The whole queue (every column of :data:`COLUMNS`, also from parts written before some existed)."""
     p = _queue_path()
-    return pq.read_table(p).to_pandas() if p.exists() else empty_queue()
+    try:
+        # one open file: read_table(path) looks the path up more than once, and a writer's rename
+        # in between mixed two files' bytes ("Deserializing page header failed") under load
+        with open(p, "rb") as fh:
+            return conform(pq.read_table(fh).to_pandas())
+    except FileNotFoundError:
+        return empty_queue()
 
 
 def _write(queue: pd.DataFrame) -> None:
@@ -184,11 +286,36 @@ def enqueue(rows: pd.DataFrame) -> int:
         return len(merged) - len(queue)
 
 
-def decide(ids: list[str], action: str, label: int | None = None) -> pd.DataFrame:
-    """Record a reviewer's decision; returns the updated rows."""
+def default_reviewer() -> str:
+    """Who decides when nobody says: the operating-system user."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (some containers)
+        return "unknown"
+
+
+def decide(ids: list[str], action: str, label: int | None = None, by: str | None = None,
+           expect_decided_at: str | None = None) -> pd.DataFrame:
+    """Record a reviewer's decision at once (read-modify-write under the queue's lock, atomic
+    rename); returns the updated rows.
+
+    Parameters
+    ----------
+    ids : sample ids in the queue
+    action : accept | relabel | drop | pending (``pending`` undoes a decision)
+    label : the new label (class index) for ``relabel``
+    by : who decided (default: the operating-system user)
+    expect_decided_at : optional; the ``decided_at`` the caller last saw (``""`` = pending). A row
+        that differs raises :class:`DecisionConflict` and nothing is written.
+    """
+    if not ids or not all(isinstance(i, str) and i for i in ids):
+        raise ValueError(f"review decision: sample ids must be non-empty strings, got {ids!r}")
+    by = default_reviewer() if by is None else str(by).strip()[:64]
     now = pd.Timestamp.now(tz="UTC").isoformat()
     with _locked():
-        queue = apply_action(read_queue(), ids, action, label, now)
+        queue = apply_action(read_queue(), ids, action, label, now, by, expect_decided_at)
         _write(queue)
     return queue[queue["sample_id"].isin(ids)]
 
@@ -197,10 +324,11 @@ def import_csv(path: Path) -> int:
     """Apply every decision of an edited export; returns how many rows it set."""
     rows = read_decision_csv(path)
     now = pd.Timestamp.now(tz="UTC").isoformat()
+    by = default_reviewer()
     with _locked():
         queue = read_queue()
         for sample_id, action, label in rows:
-            queue = apply_action(queue, [sample_id], action, label, now)
+            queue = apply_action(queue, [sample_id], action, label, now, by)
         _write(queue)
     return len(rows)
 

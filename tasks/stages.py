@@ -274,7 +274,7 @@ def load_audit_data(batch_id: str, noise_key: str) -> AuditData:
     audit) with their labels, and the test rows that were not audited."""
     ds = batches.load_training_set(batch_id)  # a committed batch, or a pool of them (operate flow)
     nz = artifacts.load_frame("noise", noise_key).set_index("sample_id")
-    audited = np.isin(ds.sample_id.astype(str), nz.index.to_numpy())
+    audited = pd.Index(ds.sample_id.astype(str)).isin(nz.index)  # np.isin on object arrays is quadratic
     train, test = ds.subset(audited), ds.subset(~audited & (ds.split == "test"))
     nz = nz.loc[train.sample_id.astype(str)]
     return AuditData(train, nz["noisy_label"].to_numpy(np.int64), nz["is_flipped"].to_numpy(bool), test)

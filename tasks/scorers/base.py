@@ -196,14 +196,34 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def split_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """A scorer with options, as the CLI writes it: ``name[:key=value[:key=value ...]]``.
+
+    ``"influence:variant=ekfac"`` -> ``("influence", {"variant": "ekfac"})``;
+    ``"ensemble:members=aum+representer:rounds=2"`` (``+`` joins a list, since ``,`` separates
+    scorers). Values stay strings; each scorer parses and validates its own options.
+    """
+    name, *pairs = str(spec).strip().split(":")
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"scorer option {pair!r} in {spec!r} is not key=value (form: name:key=value:key=value)")
+        options[key.strip()] = value.strip()
+    return name.strip(), options
+
+
 def scorer_class(name: str) -> type[Scorer]:
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown scorer {name!r}; available: {', '.join(available())}")
-    return _REGISTRY[name]
+    """The class of a scorer name (or spec with options)."""
+    base = split_spec(name)[0]
+    if base not in _REGISTRY:
+        raise ValueError(f"unknown scorer {base!r}; available: {', '.join(available())}")
+    return _REGISTRY[base]
 
 
 def get_scorer(name: str, **options) -> Scorer:
-    return scorer_class(name)(**options)
+    """An instance of a scorer name or spec (``"influence:variant=ekfac"``); ``options`` win."""
+    return scorer_class(name)(**{**split_spec(name)[1], **options})
 
 
 #: the recommended detector first: it ranks the flags (and, for arrivals, the review queue)
@@ -224,14 +244,16 @@ def probability_scorers() -> list[str]:
     return [n for n in available() if not _REGISTRY[n].needs_model]
 
 
+
 def parse_scorer_list(spec: str | list[str]) -> list[str]:
-    """``"loss,confident"`` -> ``["loss", "confident"]``, validated against the registry."""
+    """``"loss,confident"`` -> ``["loss", "confident"]``, validated against the registry; an entry
+    may carry options (``"influence:variant=ekfac"``, see :func:`split_spec`)."""
     names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
     if not names:
         raise ValueError("--scorers is empty; give at least one of: " + ", ".join(available()))
     for n in names:
-        if n not in _REGISTRY:
-            raise ValueError(f"unknown scorer {n!r} in --scorers; available: {', '.join(available())}")
+        if split_spec(n)[0] not in _REGISTRY:
+            raise ValueError(f"unknown scorer {split_spec(n)[0]!r} in --scorers; available: {', '.join(available())}")
     if len(set(names)) != len(names):
         raise ValueError(f"--scorers lists a scorer twice: {names}")
     return names
