@@ -33,7 +33,7 @@ from winnow.tasks import artifacts, lake, protocols, stages
 from winnow.tasks import benchmark_report as report
 from winnow.tasks.metrics import detection_metrics, found_vs_inspected
 from winnow.tasks.scorers import available, parse_scorer_list
-from winnow.tasks.settings import paths
+from winnow.tasks.settings import paths, refresh_cache
 from winnow.tasks.tracking import log_audit
 
 EXPERIMENT = "winnow-benchmark"
@@ -444,13 +444,12 @@ def bounds_of(grid: Grid) -> list[str]:
 def cmd_benchmark(args) -> int:
     grid, title = grid_from_args(args)  # fail on bad input before a Prefect server starts
     runner = runner_from_args(args)  # and on a cluster that is not there
-    if args.refresh:
-        os.environ["PREFECT_TASKS_REFRESH_CACHE"] = "true"
     command = "winnow " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["benchmark"] \
         else "winnow benchmark" + (" --quick" if args.quick else "")
     t0 = time.perf_counter()
-    result = run_flow(benchmark, runner, grid=grid.as_dict(), title=title, command=command, out=args.out,
-                      bounds=bounds_of(grid))
+    with refresh_cache(args.refresh):
+        result = run_flow(benchmark, runner, grid=grid.as_dict(), title=title, command=command, out=args.out,
+                          bounds=bounds_of(grid))
     print(result.headline)
     for n in result.notes:
         print(f"note: {n}")

@@ -536,14 +536,11 @@ def cmd_gate(args) -> int:
         gate_values = gates.GateConfig.from_toml(args.gate_config).as_dict() if args.gate_config else None
         from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
 
-        try:
-            # without PREFECT_API_URL Prefect starts a temporary server: give it time on a busy machine
-            with temporary_settings({PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 120}):
-                result = on_arrival(path=str(Path(args.path).resolve()), stream=args.stream, epochs=args.epochs,
-                                    canaries_n=args.canaries, gate=gate_values)
-        except GateFailed as exc:
-            print(f"winnow gate: {exc}", file=sys.stderr)
-            return 1
+        # without PREFECT_API_URL Prefect starts a temporary server: give it time on a busy machine.
+        # A GateFailed propagates: the CLI prints it last and exits 1 (winnow.flows.failures).
+        with temporary_settings({PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 120}):
+            result = on_arrival(path=str(Path(args.path).resolve()), stream=args.stream, epochs=args.epochs,
+                                canaries_n=args.canaries, gate=gate_values)
         if result.status == "duplicate":
             row = _find_arrival(result.batch_id)
             print(f"batch {result.batch_id} was processed before: {row['summary']}")

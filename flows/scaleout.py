@@ -265,24 +265,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def install_signal_handlers() -> None:
-    """On SIGINT/SIGTERM, end the workers first, then do what the signal did before."""
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        previous = signal.getsignal(sig)
-
-        def handler(signum, frame, previous=previous):
-            end_worker_processes()
-            if callable(previous):
-                previous(signum, frame)
-            elif previous == signal.SIG_IGN:
-                return
-            else:
-                signal.signal(signum, signal.SIG_DFL)
-                os.kill(os.getpid(), signum)
-
-        signal.signal(sig, handler)
-
-
 def worker_options(parser) -> None:
     """``--workers N`` / ``--dask ADDRESS`` on a subcommand."""
     group = parser.add_mutually_exclusive_group()
@@ -294,10 +276,13 @@ def worker_options(parser) -> None:
 
 
 def runner_from_args(args) -> Any:
-    """The task runner the CLI options ask for (checked now); installs the signal handlers."""
+    """The task runner the CLI options ask for (checked now). Its local worker processes are
+    ended with the CLI's other children on exit, SIGINT or SIGTERM (:mod:`winnow.tasks.lifecycle`)."""
+    from winnow.tasks import lifecycle
+
     runner = task_runner(getattr(args, "workers", None), getattr(args, "dask", None))
     if runner is not None:
-        install_signal_handlers()
+        lifecycle.on_shutdown(end_worker_processes, "dask workers")
     return runner
 
 

@@ -63,7 +63,7 @@ def find_label_issues(labels, pred_probs=None, features=None, images=None, *, nu
     import torch
 
     from .models.nets import build_model, check_fits
-    from .models.training import TrainConfig, train_model
+    from .models.training import train_model
     from .scorers import TrainingContext, default_scorers, get_scorer, parse_scorer_list, probability_scorers
     from .scorers.base import scorer_class
     from .scorers.confident import estimate_noise_count
