@@ -11,12 +11,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.context import get_run_context
 
+from winnow.flows.scaleout import Stages as _Stages  # noqa: F401 (explain imports it from here)
+from winnow.flows.scaleout import Pending, out_of_sample
 from winnow.tasks import artifacts, lake, noise_rate, stages
 from winnow.tasks.metrics import detection_metrics
 from winnow.tasks.plots import detection_curves
@@ -43,21 +44,6 @@ class AuditResult:
 
     def table(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows)
-
-
-class _Stages:
-    """Runs tasks, remembering per stage whether it was served from cache and how long it took."""
-
-    def __init__(self):
-        self.records: list[dict] = []
-
-    def __call__(self, name: str, task, *args, **kwargs):
-        t0 = time.perf_counter()
-        state = task(*args, return_state=True, **kwargs)
-        result = state.result()  # raises the task's exception if it failed
-        self.records.append({"name": name, "cached": state.name == "Cached",
-                             "seconds": round(time.perf_counter() - t0, 3)})
-        return result
 
 
 USER_DATA = ("images", "parquet")  # the user's own labels: audited as they are unless noise is asked for
@@ -110,13 +96,16 @@ def audit(dataset: str = "digits", path: str | None = None, limit: int | None = 
     train_key = run("train", stages.train, data_id, noise_key, model, config)
 
     needs_oos = noise == "none" or prune_k is None or bool(OOS_SCORERS & set(names)) or remedy == "relabel"
+    # submitted side by side on Dask (--workers/--dask): the folds, then the scorers and the k estimate
     oos_key = (train_key if model == stages.GIVEN_PROBS
-               else run("out-of-sample", stages.out_of_sample, train_key) if needs_oos else None)
-    score_keys = {n: run(f"score-{n}", stages.score, train_key, n, oos_key) for n in names}
+               else out_of_sample(run, train_key) if needs_oos else None)
+    score_keys = {n: run.submit(f"score-{n}", stages.score, train_key, n, oos_key) for n in names}
     if prune_k is None:
         k, k_source = run("estimate-k", stages.estimate_k, oos_key, train_key), noise_rate.SOURCE
     else:
         k, k_source = int(prune_k), "--prune-k"
+    score_keys = {n: run.result(p) for n, p in score_keys.items()}
+    oos_key = run.result(oos_key) if isinstance(oos_key, Pending) else oos_key
     params = {"dataset": dataset, "path": str(Path(path).resolve()) if path else None, "limit": limit,
               "noise": noise, "rate": rate if noise != "none" else 0.0, "seed": seed, "model": model,
               "scorers": ",".join(names), "prune_k": k, "k_source": k_source, "batch_id": batch_id,
@@ -141,13 +130,14 @@ def _check_run(info: dict, model: str, names: list[str], noise: str, backbone: s
     """Refuse, in one line and before any training, a model or scorer this data cannot take."""
     from winnow.tasks.models.nets import check_fits
     from winnow.tasks.scorers import probability_scorers
+    from winnow.tasks.scorers.base import scorer_class
 
     if info["kind"] == "probs":
         if noise != "none":
             raise ValueError("pred_probs input audits the labels as given: --noise must be none")
         if backbone:
             raise ValueError("--backbone embeds images; this file holds pred_probs, which need no model")
-        wrong = [n for n in names if n not in probability_scorers()]
+        wrong = [n for n in names if scorer_class(n).needs_model]
         if wrong:
             raise ValueError(f"scorer(s) {', '.join(wrong)} need a trained model; on pred_probs choose from "
                              f"{', '.join(probability_scorers())}")
@@ -168,9 +158,11 @@ def _evaluate(train_key, noise_key, score_keys, names, k, k_source, params, run,
     if model == stages.GIVEN_PROBS:
         raise ValueError("injected noise needs a model to retrain; pred_probs input audits the given labels")
     remedy = params.get("remedy", "prune")
-    pruned = {n: run(f"retrain-{n}", stages.retrain, train_key, n, score_keys[n], k, remedy=remedy, oos_key=oos_key)
-              for n in names}
-    oracle = run("retrain-oracle", stages.retrain, train_key, "oracle", None, 0, clean=True)
+    pruned = {n: run.submit(f"retrain-{n}", stages.retrain, train_key, n, score_keys[n], k, remedy=remedy,
+                            oos_key=oos_key) for n in names}
+    oracle = run.result(run.submit("retrain-oracle", stages.retrain, train_key, "oracle", None, 0, clean=True))
+    pruned = {n: run.result(p) for n, p in pruned.items()}
+    run.finalize()
     meta = artifacts.load_json("train", train_key)
 
     # measure
@@ -202,7 +194,7 @@ def _evaluate(train_key, noise_key, score_keys, names, k, k_source, params, run,
         {"accuracy_noisy": accuracy["noisy"], "accuracy_oracle": accuracy["oracle"], "k": k,
          **{f"{r['scorer']}.auroc": r["auroc"] for r in rows},
          **{f"{r['scorer']}.pruned_accuracy": r["pruned_accuracy"] for r in rows}},
-        score_tables, [plot, run_dir / "summary.md"], model=final_ctx.model_at(-1), model_example=final_ctx.x[:2].numpy(),
+        score_tables, [plot, run_dir / "summary.md"], model=final_ctx.model_at(-1), model_example=final_ctx.rows.take([0, 1]).numpy(),
         tags={"winnow.run_id": train_key, "prefect.flow_run_id": flow_run_id},
     )
     _publish_lake(train_key, noise_key, truth, score_tables, rows, accuracy, params, mlflow_run_id, flow_run_id)

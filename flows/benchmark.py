@@ -28,12 +28,12 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.context import get_run_context
 
-from winnow.flows.audit import _Stages
+from winnow.flows.scaleout import Stages, out_of_sample, run_flow, runner_from_args, worker_options
 from winnow.tasks import artifacts, lake, protocols, stages
 from winnow.tasks import benchmark_report as report
 from winnow.tasks.metrics import detection_metrics, found_vs_inspected
 from winnow.tasks.scorers import available, parse_scorer_list
-from winnow.tasks.settings import paths
+from winnow.tasks.settings import paths, refresh_cache
 from winnow.tasks.tracking import log_audit
 from winnow.tasks.data.cifar10n import DATASET as CIFAR10N, HUMAN_NOISES, default_path as cifar10n_path
 
@@ -136,48 +136,78 @@ class BenchmarkResult:
     headline: str
 
 
-def _cell(run: _Stages, batch_id: str, dataset: str, model: str, noise: str, rate: float, seed: int,
-          grid: Grid, peers: list[str]) -> tuple[list[dict], list[dict]]:
-    """One (data set, noise, rate, seed): every ranking through every protocol. Returns the
-    benchmark rows (one per ranker) and the found-vs-inspected curve points."""
+def _submit_cell(run: Stages, batch_id, dataset: str, model: str, noise: str, rate: float, seed: int,
+                 grid: Grid, peers: list[str]) -> dict:
+    """One (data set, noise, rate, seed), first half: noise, training, out-of-sample, every
+    ranking, the k estimate and the clean-label retrain. Submitted, not awaited (on Dask they
+    run beside the other cells'); returns the pending stages."""
     config = stages.default_config(dataset, model, grid.epochs.get(dataset), seed).as_dict()
-    noise_key = run("inject-noise", stages.inject_noise, batch_id, noise, rate, seed)
-    train_key = run("train", stages.train, batch_id, noise_key, model, config)
-    oos_key = run("out-of-sample", stages.out_of_sample, train_key)
-    keys = {n: run(f"score-{n}", stages.score, train_key, n, oos_key) for n in grid.scorers}
-    keys |= {p: run(f"peer-{p}", protocols.peer_score, train_key, p, oos_key) for p in peers}
-    keys["oracle-rank"] = run("oracle-rank", protocols.truth_score, train_key)
-    k_cl = run("estimate-k", stages.estimate_k, oos_key, train_key)
+    noise_key = run.submit("inject-noise", stages.inject_noise, batch_id, noise, rate, seed)
+    train_key = run.submit("train", stages.train, batch_id, noise_key, model, config)
+    oos_key = out_of_sample(run, train_key)  # K folds side by side on Dask
+    keys = {n: run.submit(f"score-{n}", stages.score, train_key, n, oos_key) for n in grid.scorers}
+    keys |= {p: run.submit(f"peer-{p}", protocols.peer_score, train_key, p, oos_key) for p in peers}
+    keys["oracle-rank"] = run.submit("oracle-rank", protocols.truth_score, train_key)
+    return {"dataset": dataset, "model": model, "noise": noise, "rate": rate, "seed": seed,
+            "noise_key": noise_key, "train_key": train_key, "keys": keys,
+            "k_cl": run.submit("estimate-k", stages.estimate_k, oos_key, train_key),
+            "clean": run.submit("retrain-oracle", stages.retrain, train_key, "oracle", None, 0, clean=True)}
 
-    truth = artifacts.load_frame("noise", noise_key)
+
+def _submit_protocols(run: Stages, cell: dict, grid: Grid) -> None:
+    """Second half: the retraining protocols of every ranking (they need k, hence the first
+    half's results). Submitted into ``cell``."""
+    train_key = run.result(cell["train_key"])
+    truth = artifacts.load_frame("noise", run.result(cell["noise_key"]))
+    n = len(truth)
+    if cell["noise"] in HUMAN_NOISES:  # real noise: the rate is what the people got wrong
+        cell["rate"] = round(float(truth["is_flipped"].mean()), 4)
+    cell["ks"] = ks = {"rate": protocols.fraction_to_k(cell["rate"], n), "cl": int(run.result(cell["k_cl"]))}
+    cell["prune"], cell["relabel"] = {}, {}
+    for name, key in cell["keys"].items():
+        if not grid.retrains(name):
+            continue
+        for at in grid.prune_at:
+            cell["prune"][name, at] = run.submit(f"retrain-{name}", stages.retrain, train_key, name, key, ks[at])
+        # relabelling every true flip is the clean-label oracle itself
+        if name != "oracle-rank":
+            for at in grid.relabel_at:
+                cell["relabel"][name, at] = run.submit(f"relabel-{name}", protocols.relabel, train_key, name,
+                                                       key, ks[at])
+
+
+def _cell_rows(run: Stages, cell: dict) -> tuple[list[dict], list[dict]]:
+    """Wait for a cell's stages; returns its benchmark rows (one per ranker) and the
+    found-vs-inspected curve points."""
+    dataset, noise, rate, seed = cell["dataset"], cell["noise"], cell["rate"], cell["seed"]
+    train_key, ks = run.result(cell["train_key"]), cell["ks"]
+    truth = artifacts.load_frame("noise", run.result(cell["noise_key"]))
     flipped = truth["is_flipped"].to_numpy(bool)
     n = len(flipped)
-    if noise in HUMAN_NOISES:  # real noise: the rate is what the people got wrong
-        rate = round(float(flipped.mean()), 4)
-    ks = {"rate": protocols.fraction_to_k(rate, n), "cl": int(k_cl)}
     meta = artifacts.load_json("train", train_key)
-    clean = run("retrain-oracle", stages.retrain, train_key, "oracle", None, 0, clean=True)
+    clean = run.result(cell["clean"])
 
     rows, curves = [], []
-    for name, key in keys.items():
+    for name, pending in cell["keys"].items():
+        key = run.result(pending)
         scores = artifacts.load_frame("scores", key)["score"].to_numpy()
         kind = "peer" if name in protocols.PEERS else "baseline" if name in report.BASELINES else "scorer"
-        row = {"dataset": dataset, "model": model, "noise": noise, "rate": rate, "seed": seed, "scorer": name,
-               "kind": kind, "n_train": n, "n_flipped": int(flipped.sum()), "k_rate": ks["rate"], "k_cl": ks["cl"],
-               "frac_cl": ks["cl"] / n, "train_key": train_key,
+        row = {"dataset": dataset, "model": cell["model"], "noise": noise, "rate": rate, "seed": seed,
+               "scorer": name, "kind": kind, "n_train": n, "n_flipped": int(flipped.sum()), "k_rate": ks["rate"],
+               "k_cl": ks["cl"], "frac_cl": ks["cl"] / n, "train_key": train_key,
                **detection_metrics(scores, flipped, ks["rate"]),
                "score_seconds": float(artifacts.load_json("scores", key)["seconds"]),
                "acc_noisy": float(meta["test_accuracy"]), "acc_clean": float(clean["test_accuracy"])}
         for at in PROTOCOL_AT:  # fixed columns: a protocol not run leaves NaN
             row[f"acc_prune_{at}"] = row[f"removed_flipped_{at}"] = np.nan
             row[f"acc_relabel_{at}"] = row[f"fixed_relabel_{at}"] = np.nan
-        for at in grid.prune_at if grid.retrains(name) else ():
-            pr = run(f"retrain-{name}", stages.retrain, train_key, name, key, ks[at])
-            row[f"acc_prune_{at}"], row[f"removed_flipped_{at}"] = pr["test_accuracy"], pr["removed_flipped"]
-        # relabelling every true flip is the clean-label oracle itself
-        if name != "oracle-rank" and grid.retrains(name):
-            for at in grid.relabel_at:
-                rl = run(f"relabel-{name}", protocols.relabel, train_key, name, key, ks[at])
+        for (ranker, at), pr in cell["prune"].items():
+            if ranker == name:
+                pr = run.result(pr)
+                row[f"acc_prune_{at}"], row[f"removed_flipped_{at}"] = pr["test_accuracy"], pr["removed_flipped"]
+        for (ranker, at), rl in cell["relabel"].items():
+            if ranker == name:
+                rl = run.result(rl)
                 row[f"acc_relabel_{at}"] = rl["test_accuracy"]
                 row[f"fixed_relabel_{at}"] = rl["fixed"] / max(1, int(flipped.sum()))
         rows.append(row)
@@ -251,7 +281,7 @@ def _benchmark(grid, title, command, out, bounds, t_start, log) -> BenchmarkResu
             notes.append(why)
             log.warning(why)
     key = artifacts.key_of("benchmark", g.as_dict())
-    run = _Stages()
+    run = Stages()
     rows, curves = [], []
     datasets = list(g.datasets)
     if CIFAR10N in datasets and cifar10n_path() is None:
@@ -260,23 +290,30 @@ def _benchmark(grid, title, command, out, bounds, t_start, log) -> BenchmarkResu
                      "or set $WINNOW_CIFAR10N)")
         log.warning(notes[-1])
     models = {d: DATASET_MODEL[d] for d in datasets}
+    # Every cell is submitted before any is awaited: on Dask the cells run side by side; in
+    # sequence (no Dask) each task runs as it is submitted, the same tasks in the same order.
+    cells = []
     for dataset in datasets:
         limit = g.limits.get(dataset)
         batch_id = run("ingest", stages.ingest, dataset, None, limit, stages.source_fingerprint(dataset, None))["batch_id"]
-        run("validate", stages.validate, batch_id)
-        run("commit", stages.commit, batch_id)
+        validated = run.submit("validate", stages.validate, batch_id)
+        committed = run.submit("commit", stages.commit, batch_id, wait_for=[validated])
         for noise, rates in _noises_for(dataset, g):
             for rate in rates:
                 for seed in g.seeds:
-                    t0 = time.perf_counter()
-                    r, c = _cell(run, batch_id, dataset, models[dataset], noise, float(rate), int(seed), g, peers)
-                    # into the lake as soon as a cell is done: an interrupted grid leaves its finished
-                    # cells queryable (and resumes from the task cache)
-                    _publish_cell(r, key)
-                    rows += r
-                    curves += c
-                    log.info("cell %s %s %.0f%% seed %d done in %.1fs", dataset, noise, rate * 100, seed,
-                             time.perf_counter() - t0)
+                    cells.append(_submit_cell(run, committed, dataset, models[dataset], noise, float(rate),
+                                              int(seed), g, peers))
+    for cell in cells:
+        _submit_protocols(run, cell, g)
+    for cell in cells:
+        r, c = _cell_rows(run, cell)
+        # into the lake as soon as a cell is done: an interrupted grid leaves its finished
+        # cells queryable (and resumes from the task cache)
+        _publish_cell(r, key)
+        rows += r
+        curves += c
+        log.info("cell %s %s %.0f%% seed %d done", cell["dataset"], cell["noise"], cell["rate"] * 100, cell["seed"])
+    run.finalize()
     table = pd.DataFrame(rows)
     agg = report.aggregate(table)
 
@@ -380,6 +417,7 @@ def add_commands(subparsers) -> dict:
                    help="rankers that also go through prune/relabel retraining (default: all; baselines always)")
     p.add_argument("--out", help="report folder (default: data/reports/benchmark-<key>/)")
     p.add_argument("--refresh", action="store_true", help="ignore cached results and recompute")
+    worker_options(p)
     return {"benchmark": cmd_benchmark}
 
 
@@ -425,12 +463,13 @@ def bounds_of(grid: Grid) -> list[str]:
 
 def cmd_benchmark(args) -> int:
     grid, title = grid_from_args(args)  # fail on bad input before a Prefect server starts
-    if args.refresh:
-        os.environ["PREFECT_TASKS_REFRESH_CACHE"] = "true"
+    runner = runner_from_args(args)  # and on a cluster that is not there
     command = "winnow " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["benchmark"] \
         else "winnow benchmark" + (" --quick" if args.quick else "")
     t0 = time.perf_counter()
-    result = benchmark(grid=grid.as_dict(), title=title, command=command, out=args.out, bounds=bounds_of(grid))
+    with refresh_cache(args.refresh):
+        result = run_flow(benchmark, runner, grid=grid.as_dict(), title=title, command=command, out=args.out,
+                          bounds=bounds_of(grid))
     print(result.headline)
     for n in result.notes:
         print(f"note: {n}")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -34,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="winnow",
         description="Find the training samples whose labels are most likely wrong, prune them, retrain, "
                     "and gate the release on data checks.")
+    parser.add_argument("--debug", action="store_true",
+                        help="show tracebacks of refused input too (also WINNOW_DEBUG=1); allowed anywhere on the line")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="audit a data set: noise -> train -> score -> prune -> retrain -> measure",
@@ -74,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--explain", type=_positive_int, default=0, metavar="N",
                      help="then explain the top N flagged samples of the first scorer (see `winnow explain`)")
     run.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    from winnow.flows.scaleout import worker_options
+
+    worker_options(run)
 
     sql = sub.add_parser("sql", help="query the lake with DuckDB SQL",
                          description="Run a DuckDB query over the lake (views: samples, noise, scores, metrics, runs, ...).")
@@ -102,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Flow modules that bring their own subcommands: each defines ``add_commands(subparsers)``
 # returning {name: handler(args) -> exit code}. Listed here, in one place.
-PLUGINS = ("winnow.flows.benchmark", "winnow.flows.operate", "winnow.flows.explain")
+PLUGINS = ("winnow.flows.benchmark", "winnow.flows.operate", "winnow.flows.explain", "winnow.flows.doctor")
 
 
 def _plugin_modules():
@@ -132,11 +138,12 @@ def print_frame(df, fmt: str, title: str | None = None) -> None:
 
 
 def cmd_run(args) -> int:
-    import os
+    import errno
 
     from winnow.tasks.data.classes import ClassSpec
     from winnow.tasks.data.tables import parse_shape
     from winnow.tasks.scorers import parse_scorer_list
+    from winnow.flows.scaleout import run_flow, runner_from_args
     from winnow.tasks.stages import InputOptions
 
     # fail before a Prefect server is started for nothing
@@ -147,16 +154,18 @@ def cmd_run(args) -> int:
     if args.dataset in ("images", "parquet") and not args.path:
         raise ValueError(f"--dataset {args.dataset} needs --path")
     if args.path and not os.path.exists(args.path):
-        raise ValueError(f"{args.path}: no such file or folder")
-    if args.refresh:
-        os.environ["PREFECT_TASKS_REFRESH_CACHE"] = "true"
+        raise FileNotFoundError(errno.ENOENT, "no such file or folder (--path)", args.path)
+    runner = runner_from_args(args)  # and on a cluster that is not there
     from winnow.flows.audit import audit
+    from winnow.tasks.settings import refresh_cache
 
     inputs = InputOptions(args.classes, args.num_classes, args.shape, args.image_size, args.label_column,
                           args.min_class_samples).as_dict()
-    result = audit(dataset=args.dataset, path=args.path, limit=args.limit, noise=args.noise, rate=args.rate,
-                   seed=args.seed, model=args.model, scorers=args.scorers, prune_k=args.prune_k, epochs=args.epochs,
-                   explain_top=args.explain, inputs=inputs, backbone=args.backbone, remedy=args.remedy)
+    with refresh_cache(args.refresh):
+        result = run_flow(audit, runner, dataset=args.dataset, path=args.path, limit=args.limit, noise=args.noise,
+                          rate=args.rate, seed=args.seed, model=args.model, scorers=args.scorers,
+                          prune_k=args.prune_k, epochs=args.epochs, explain_top=args.explain, inputs=inputs,
+                          backbone=args.backbone, remedy=args.remedy)
     if result.mode == "real":
         return _print_real(result, args.format)
     table = result.table()[["scorer", "auroc", "ap", "precision_at_k", "recall_at_k", "pruned_accuracy", "seconds"]]
@@ -194,7 +203,7 @@ def _print_real(result, fmt: str) -> int:
     print_frame(top, "table", title=f"top {len(top)} of {len(flagged)} flagged (by {result.params['scorers'].split(',')[0]})")
     print(f"lake run_id: {result.run_id}")
     print(f"MLflow run id: {result.mlflow_run_id}")
-    print(f"next: review   winnow review list   (or: winnow review relabel ID --to N / drop ID / accept ID)")
+    print("next: review   winnow review list   (or: winnow review relabel ID --to N / drop ID / accept ID)")
     print(f"      export   winnow export {result.run_id} --out cleaned.parquet")
     return 0
 
@@ -235,17 +244,96 @@ def cmd_scorers(args) -> int:
 
 COMMANDS = {"run": cmd_run, "sql": cmd_sql, "export": cmd_export, "scorers": cmd_scorers}
 
+# Commands that only read WINNOW_HOME: they run on a read-only home too.
+READ_ONLY_COMMANDS = {"sql", "scorers", "doctor"}
+
+
+def check_home_writable(home) -> None:
+    """Refuse up front, naming the folder, when WINNOW_HOME (or one of its folders) cannot be
+    written: otherwise the failure would surface minutes later, deep in a stage or in Prefect's
+    database. Raises PermissionError / OSError with ``filename`` set."""
+    import errno
+    import tempfile
+    from pathlib import Path
+
+    home = Path(home)
+    for folder in [home, *sorted(p for p in home.iterdir() if p.is_dir())]:
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".winnow-write-probe-", dir=folder)
+        except OSError as exc:
+            raise OSError(exc.errno or errno.EACCES, f"cannot write here ({exc.strerror or exc})",
+                          str(folder)) from None
+        os.close(fd)
+        os.unlink(probe)
+
+
+def _stop_temporary_prefect_server() -> None:
+    """Stop the temporary Prefect server a flow run started (none when PREFECT_API_URL is set):
+    before the cause is printed, so Prefect's "Stopping temporary server" line comes first."""
+    if "prefect.logging.handlers" in sys.modules:
+        # Deliver the run's queued logs and events while the server is still up (at interpreter
+        # exit they would meet a stopped server: "--- Error logging to API ---" after the cause).
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        for service in (APILogWorker, EventsWorker):
+            service.drain_all(timeout=5)
+    if "prefect.server.api.server" not in sys.modules:
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        SubprocessASGIServer().stop()  # the port-less instance is the temporary server
+
 
 def main(argv: list[str] | None = None) -> int:
-    from winnow.tasks.settings import configure_environment
+    """Run one command; every way out goes through :func:`winnow.flows.failures.report`
+    (exit codes: 0 ok, 1 gate failed, 2 refused, 3 bug, 128+N stopped by signal N)."""
+    import signal
 
-    configure_environment()
-    args = build_parser().parse_args(argv)
+    from winnow.tasks import lifecycle
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    if debug:
+        os.environ["WINNOW_DEBUG"] = "1"
+    command = next((a for a in argv if not a.startswith("-")), "")
+    # Processes alive now are not ours to end (a test harness's server, when main() runs in-process).
+    spared = set(lifecycle.descendants())
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    lifecycle.install_signal_handlers()
+    failure = None
+    code = 0
     try:
-        return COMMANDS[args.command](args)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"winnow {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        from winnow.tasks.settings import configure_environment
+
+        home = configure_environment().home
+        args = build_parser().parse_args(argv)
+        command = args.command
+        if command not in READ_ONLY_COMMANDS:
+            check_home_writable(home)
+        code = COMMANDS[command](args)
+    except SystemExit:  # argparse's own refusal (usage + message, exit 2) or --help
+        raise
+    except BaseException as exc:  # noqa: BLE001 - every way out is reported below
+        failure = exc
+    finally:
+        lifecycle.ignore_signals()
+        try:
+            lifecycle.on_shutdown(_stop_temporary_prefect_server, "temporary Prefect server")
+            problems = lifecycle.shutdown(spare=spared)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    for line in problems:
+        print(f"winnow {command}: warning: {line}", file=sys.stderr)
+    if failure is not None:
+        from winnow.flows.failures import debug_enabled, report
+
+        return report(command, failure, debug or debug_enabled(), sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

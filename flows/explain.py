@@ -30,7 +30,7 @@ from winnow.tasks import artifacts, lake, stages
 from winnow.tasks import explain_stages as es
 from winnow.tasks.explain_report import CHECKS, checks_markdown, explanation_pngs
 from winnow.tasks.explainers.baselines import BASELINE_KINDS
-from winnow.tasks.settings import paths
+from winnow.tasks.settings import paths, refresh_cache
 
 NO_RUN = "no run '{}' in the lake (see `winnow sql \"SELECT * FROM runs\"`)"
 
@@ -382,8 +382,6 @@ def _positive_int(v: str) -> int:
 
 
 def cmd_explain(args) -> int:
-    import os
-
     # Fail on bad input before a temporary Prefect server is started for nothing.
     _check_args(args.top, args.baseline, args.rtol, args.max_steps, args.vae_epochs, 16, 1000, 1000)
     resolve_run(args.run_id)
@@ -392,10 +390,9 @@ def cmd_explain(args) -> int:
 
         if len(parse_scorer_list(args.scorer)) != 1:
             raise ValueError(f"--scorer takes one scorer name, got {args.scorer!r}")
-    if args.refresh:
-        os.environ["PREFECT_TASKS_REFRESH_CACHE"] = "true"
-    result = explain(run_id=args.run_id, top=args.top, scorer=args.scorer, baseline=args.baseline, rtol=args.rtol,
-                     max_steps=args.max_steps, edda=args.edda, vae_epochs=args.vae_epochs)
+    with refresh_cache(args.refresh):
+        result = explain(run_id=args.run_id, top=args.top, scorer=args.scorer, baseline=args.baseline, rtol=args.rtol,
+                         max_steps=args.max_steps, edda=args.edda, vae_epochs=args.vae_epochs)
     from winnow.flows.cli import print_frame
 
     for check, (title, _) in CHECKS.items():

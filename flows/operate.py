@@ -24,6 +24,7 @@ import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from winnow.flows.scaleout import Stages, export_runner_choice, out_of_sample, runner_from_env, worker_options
 from winnow.flows import review_app
 from winnow.tasks import arrivals, artifacts, batches, canaries, gates, lake, registry, report, review, stages
 from winnow.tasks.data.dataset import Dataset
@@ -161,7 +162,7 @@ def on_arrival(path: str, stream: str = "incoming", model: str = "mlp", scorers:
     gate_cfg = gates.GateConfig.from_mapping(gate)
     config = stages.default_config("parquet", model, epochs, seed).as_dict()
     flow_run_id = _flow_run_id()
-    run = _Stages()
+    run = Stages()
 
     with _one_at_a_time():
         batch_id, accepted = run("receive", receive, path, stream)
@@ -181,6 +182,10 @@ def on_arrival(path: str, stream: str = "incoming", model: str = "mlp", scorers:
             raise
 
 
+# `winnow serve --workers N | --dask ADDRESS`: the served runs' tasks go to Dask (flows/scaleout.py)
+on_arrival = runner_from_env(on_arrival)
+
+
 def _judge(path, stream, batch_id, accepted, names, model, config, seed, canaries_n, gate_cfg, flow_run_id,
            run, log) -> ArrivalResult:
     batch = batches.load_staged(batch_id)
@@ -197,9 +202,11 @@ def _judge(path, stream, batch_id, accepted, names, model, config, seed, canarie
                                              pool.num_classes, seed)
     score_pool, score_labels = run("assemble-pool", assemble_pool, parts, stream, planted_labels, planted)
     train_key = run("train", stages.train, score_pool, score_labels, model, config)
-    oos_key = run("out-of-sample", stages.out_of_sample, train_key)
-    score_keys = {n: run(f"score-{n}", stages.score, train_key, n, oos_key) for n in names}
+    # on a Dask task runner (WINNOW_WORKERS / WINNOW_DASK): folds, then scorers, side by side
+    oos_key = out_of_sample(run, train_key)
+    score_keys = {n: run.submit(f"score-{n}", stages.score, train_key, n, oos_key) for n in names}
     k = run("estimate-k", stages.estimate_k, oos_key, train_key)
+    score_keys, oos_key = {n: run.result(p) for n, p in score_keys.items()}, run.result(oos_key)
 
     train_rows = pool.split == "train"
     score_tables = {n: artifacts.load_frame("scores", key) for n, key in score_keys.items()}
@@ -242,26 +249,13 @@ def _task(name, fn):
     return task(fn, name=name, cache_policy=NO_CACHE, persist_result=False)
 
 
-class _Stages:
-    """Runs tasks, remembering per stage whether it came from cache and how long it took."""
-
-    def __init__(self):
-        self.records: list[dict] = []
-
-    def __call__(self, name, task_, *args, **kwargs):
-        t0 = time.perf_counter()
-        state = task_(*args, return_state=True, **kwargs)
-        result = state.result()
-        self.records.append({"name": name, "cached": state.name == "Cached", "seconds": round(time.perf_counter() - t0, 3)})
-        return result
-
-
 def _publish(path, stream, batch_id, verdict, figures, flow_run_id, run, committed, flagged=None, pool=None,
              names=(), planted=None, scores=None, train_key=None, cand_key=None) -> ArrivalResult:
     """The report, the MLflow run (+ registration if passed), the lake, the Prefect artifacts."""
     from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
     t0 = time.perf_counter()
+    run.finalize()  # the seconds of stages run on Dask
     run_id = artifacts.key_of("on-arrival", batch_id, train_key, cand_key, flow_run_id)
     flagged = flagged if flagged is not None else review.empty_queue()
     out_dir = paths().reports / "arrivals" / run_id
@@ -272,7 +266,7 @@ def _publish(path, stream, batch_id, verdict, figures, flow_run_id, run, committ
     model = example = None
     if cand_key is not None:
         ctx, data, _ = stages.load_context(cand_key)
-        model, example = ctx.model_at(-1), data.train.x[:2]
+        model, example = ctx.model_at(-1), ctx.rows.take([0, 1]).numpy()  # two rows, not the set
     params = {"path": path, "stream": stream, "batch_id": batch_id, "committed": committed,
               "flow_run_id": flow_run_id, "verdict": "passed" if verdict.passed else "failed"}
     mlflow_run_id, model_uri = registry.log_run(
@@ -410,6 +404,7 @@ def add_commands(sub) -> dict:
     serve.add_argument("--epochs", type=int, help="training epochs for on-arrival runs (default: the recipe's)")
     serve.add_argument("--canaries", type=int, help="canaries planted per arrival (default from gate.toml)")
     serve.add_argument("--gate-config", help="TOML with [gate] thresholds (default deployments/gate.toml)")
+    worker_options(serve)
 
     w = sub.add_parser("watch", help="emit a Prefect event for each batch landing in data/incoming/",
                        description="Watch the incoming folder; emit `winnow.batch.arrived` once per new file.")
@@ -475,6 +470,7 @@ def cmd_serve(args) -> int:
         print("winnow serve: error: set PREFECT_API_URL to a running `prefect server start` "
               "(e.g. http://127.0.0.1:4200/api)", file=sys.stderr)
         return 2
+    export_runner_choice(args)  # before the deployments' flows are imported
     module = _deployments_module()
     module.serve(epochs=args.epochs, canaries=args.canaries, gate_config=args.gate_config)
     return 0
@@ -540,14 +536,11 @@ def cmd_gate(args) -> int:
         gate_values = gates.GateConfig.from_toml(args.gate_config).as_dict() if args.gate_config else None
         from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
 
-        try:
-            # without PREFECT_API_URL Prefect starts a temporary server: give it time on a busy machine
-            with temporary_settings({PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 120}):
-                result = on_arrival(path=str(Path(args.path).resolve()), stream=args.stream, epochs=args.epochs,
-                                    canaries_n=args.canaries, gate=gate_values)
-        except GateFailed as exc:
-            print(f"winnow gate: {exc}", file=sys.stderr)
-            return 1
+        # without PREFECT_API_URL Prefect starts a temporary server: give it time on a busy machine.
+        # A GateFailed propagates: the CLI prints it last and exits 1 (winnow.flows.failures).
+        with temporary_settings({PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 120}):
+            result = on_arrival(path=str(Path(args.path).resolve()), stream=args.stream, epochs=args.epochs,
+                                canaries_n=args.canaries, gate=gate_values)
         if result.status == "duplicate":
             row = _find_arrival(result.batch_id)
             print(f"batch {result.batch_id} was processed before: {row['summary']}")

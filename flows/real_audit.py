@@ -25,6 +25,7 @@ def publish_real_audit(train_key: str, oos_key: str, score_keys: dict[str, str],
                        k_source: str, params: dict, run, log) -> AuditResult:
     """Flag, suggest, queue for review; write the lake, MLflow and the Prefect summary."""
     t0 = time.perf_counter()
+    run.finalize()  # the seconds of stages run on Dask
     ctx, data, meta = stages.load_context(train_key)
     audited = data.train  # every row of the batch
     probs = artifacts.load_torch("oos", oos_key).numpy()
@@ -55,7 +56,7 @@ def publish_real_audit(train_key: str, oos_key: str, score_keys: dict[str, str],
     (run_dir / "summary.md").write_text(summary_md)
     model = example = None
     if meta["model"] != stages.GIVEN_PROBS:
-        model, example = ctx.model_at(-1), ctx.x[:2].numpy()
+        model, example = ctx.model_at(-1), ctx.rows.take([0, 1]).numpy()  # two rows, not the set
     mlflow_run_id = log_audit(
         f"audit {params['dataset']} (real labels) {params['model']}", params, run.records, {},
         {k_: v for k_, v in estimate.items() if isinstance(v, (int, float))}, score_tables,

@@ -63,8 +63,9 @@ def find_label_issues(labels, pred_probs=None, features=None, images=None, *, nu
     import torch
 
     from .models.nets import build_model, check_fits
-    from .models.training import TrainConfig, train_model
+    from .models.training import train_model
     from .scorers import TrainingContext, default_scorers, get_scorer, parse_scorer_list, probability_scorers
+    from .scorers.base import scorer_class
     from .scorers.confident import estimate_noise_count
     from .stages import default_config
 
@@ -80,7 +81,7 @@ def find_label_issues(labels, pred_probs=None, features=None, images=None, *, nu
         if probs.ndim != 2 or probs.shape[1] != k_classes:
             raise ValueError(f"pred_probs must have shape (n, {k_classes}), got {probs.shape}")
         names = parse_scorer_list(scorers or default_scorers("probs", "none"))
-        wrong = [s for s in names if s not in probability_scorers()]
+        wrong = [s for s in names if scorer_class(s).needs_model]
         if wrong:
             raise ValueError(f"scorer(s) {', '.join(wrong)} need a model; on pred_probs use {probability_scorers()}")
         ctx = TrainingContext.from_probabilities(probs, y, np.arange(len(y)).astype(str))

@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
-from .lake import atomic_write_parquet
+from .lake import CorruptFile, _write_failed, atomic_write_parquet, read_parquet
 from .settings import paths
 
 
@@ -32,12 +32,19 @@ def path(kind: str, key: str, suffix: str) -> Path:
 
 
 def _atomic_bytes(data: bytes, dest: Path) -> Path:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    """Write ``data`` to ``dest`` via a temp file + rename (an ``OSError`` names ``dest``)."""
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    except OSError as exc:
+        raise _write_failed(dest.parent, exc) from exc
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         os.replace(tmp, dest)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise _write_failed(dest, exc) from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -52,7 +59,7 @@ def load_frame(kind: str, key: str) -> pd.DataFrame:
     p = path(kind, key, ".parquet")
     if not p.exists():
         raise FileNotFoundError(f"{p}: artifact missing (was data/artifacts cleared? rerun with --refresh)")
-    return pd.read_parquet(p)
+    return read_parquet(p).to_pandas()
 
 
 def save_torch(kind: str, key: str, obj: Any) -> Path:
@@ -65,7 +72,18 @@ def load_torch(kind: str, key: str) -> Any:
     p = path(kind, key, ".pt")
     if not p.exists():
         raise FileNotFoundError(f"{p}: artifact missing (was data/artifacts cleared? rerun with --refresh)")
-    return torch.load(p, map_location="cpu", weights_only=False)
+    return read_torch(p)
+
+
+def read_torch(p: Path) -> Any:
+    """``torch.load`` a file, raising :class:`CorruptFile` naming it when it does not load intact
+    (torch's zip container checks each record's CRC32, and a truncated file has no directory)."""
+    try:
+        return torch.load(p, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise CorruptFile(p, f"{exc.__class__.__name__}: {(str(exc).splitlines() or [''])[0]}") from None
 
 
 def save_json(kind: str, key: str, obj: Any) -> Path:
@@ -76,4 +94,12 @@ def load_json(kind: str, key: str) -> Any:
     p = path(kind, key, ".json")
     if not p.exists():
         raise FileNotFoundError(f"{p}: artifact missing (rerun with --refresh)")
-    return json.loads(p.read_text())
+    return read_json(p)
+
+
+def read_json(p: Path) -> Any:
+    """Parse a JSON artifact, raising :class:`CorruptFile` naming it when it does not parse."""
+    try:
+        return json.loads(p.read_bytes().decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CorruptFile(p, f"not valid JSON: {exc}") from None

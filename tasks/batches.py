@@ -6,12 +6,10 @@ A batch is named by its content hash, so the same content ingested twice maps to
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from . import lake
 from .data.dataset import Dataset
@@ -102,7 +100,7 @@ def _write_once(ds: Dataset, path_of) -> str:
     """Write ``ds`` to ``path_of(content hash)`` unless it is there; return the hash."""
     key = ds.content_hash()
     dest = path_of(key)
-    if not dest.exists():
+    if not (dest.exists() and lake.is_readable(dest)):  # a truncated copy is rewritten
         lake.atomic_write_parquet(to_table(ds, key), dest)
     return key
 
@@ -116,19 +114,17 @@ def load_staged(batch_id: str) -> Dataset:
     p = staging_path(batch_id)
     if not p.exists():
         raise FileNotFoundError(f"{p}: staged batch missing (rerun with --refresh)")
-    return from_table(pq.read_table(p))
+    return from_table(lake.read_parquet(p))
 
 
 def commit(batch_id: str) -> Path:
     """Move a validated batch into ``lake/samples`` (atomic; a second commit adds nothing)."""
     dest = lake.part_path("samples", batch_id)
-    if dest.exists():
+    if dest.exists() and lake.is_readable(dest):
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    shutil.copyfile(staging_path(batch_id), tmp)
-    tmp.replace(dest)
-    return dest
+    # Through a private temp file (two runs may commit the same batch at once) whose write
+    # verifies the staged copy's checksums on the way in.
+    return lake.atomic_write_parquet(lake.read_parquet(staging_path(batch_id)), dest)
 
 
 def pool_path(pool_id: str) -> Path:
@@ -144,11 +140,11 @@ def stage_pool(ds: Dataset) -> str:
 def load_training_set(batch_id: str) -> Dataset:
     """A committed batch, or a pool staged by :func:`stage_pool` (what the training stages read)."""
     p = pool_path(batch_id)
-    return from_table(pq.read_table(p)) if p.exists() else load_committed(batch_id)
+    return from_table(lake.read_parquet(p)) if p.exists() else load_committed(batch_id)
 
 
 def load_committed(batch_id: str) -> Dataset:
     p = lake.part_path("samples", batch_id)
     if not p.exists():
         raise FileNotFoundError(f"{p}: batch {batch_id} is not in the lake")
-    return from_table(pq.read_table(p))
+    return from_table(lake.read_parquet(p))

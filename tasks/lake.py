@@ -7,6 +7,7 @@ they hold, so writing the same rows twice adds nothing.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import os
@@ -33,18 +34,73 @@ def table_hash(table: pa.Table) -> str:
     return h.hexdigest()[:16]
 
 
+class CorruptFile(ValueError):
+    """A lake part or artifact cannot be read back intact (truncated, a checksum mismatch, a name
+    that is not its content's hash); ``str()`` names the file and what to do."""
+
+    def __init__(self, path: Path, reason: str):
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{path}: corrupted ({reason}); never used as is: delete it, or rerun with "
+                         f"--refresh to recompute it (`winnow doctor` lists every broken file)")
+
+
+def _write_failed(dest: Path, exc: OSError) -> OSError:
+    """The same OS error, naming the destination (pyarrow's messages often do not)."""
+    code = exc.errno or errno.EIO
+    reason = exc.strerror or (str(exc).splitlines() or [os.strerror(code)])[0]
+    return OSError(code, reason, str(dest))
+
+
 def atomic_write_parquet(table: pa.Table, dest: Path) -> Path:
-    """Write ``table`` to ``dest`` via a temp file + rename; nothing partial is ever visible."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    """Write ``table`` to ``dest`` via a temp file + rename; nothing partial is ever visible.
+
+    Every data page carries a CRC32 (``write_page_checksum``), checked by :func:`read_parquet`,
+    so a bit flipped on disk is detected instead of read as data. A full disk or a read-only
+    folder raises ``OSError`` naming ``dest`` and leaves no temp file behind.
+    """
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    except OSError as exc:
+        raise _write_failed(dest.parent, exc) from exc
     os.close(fd)
     try:
-        pq.write_table(table, tmp, compression="zstd")
+        pq.write_table(table, tmp, compression="zstd", write_page_checksum=True)
         os.replace(tmp, dest)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise _write_failed(dest, exc) from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return dest
+
+
+def read_parquet(path: Path, columns: list[str] | None = None) -> pa.Table:
+    """Read a lake part or Parquet artifact whole, verifying page checksums where it has them.
+
+    Raises :class:`CorruptFile` naming ``path`` when it cannot be read back intact, and
+    ``FileNotFoundError`` when it is not there.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(errno.ENOENT, "file not found", str(path))
+    try:
+        return pq.read_table(path, columns=columns, page_checksum_verification=True)
+    except (OSError, pa.ArrowException) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise CorruptFile(path, f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+
+
+def is_readable(path: Path) -> bool:
+    """Cheap check for write-once paths: does the file's Parquet footer read?"""
+    try:
+        pq.ParquetFile(path).metadata
+        return True
+    except (OSError, pa.ArrowException):
+        return False
 
 
 @contextmanager
@@ -75,7 +131,7 @@ def write(table_name: str, data: pd.DataFrame | pa.Table, part: str | None = Non
         raise ValueError(f"invalid lake table name {table_name!r}")
     table = data if isinstance(data, pa.Table) else pa.Table.from_pandas(data, preserve_index=False)
     dest = (lake or paths().lake) / table_name / f"{part or table_hash(table)}.parquet"
-    if dest.exists():
+    if dest.exists() and is_readable(dest):  # a truncated part is rewritten, not kept
         return dest
     return atomic_write_parquet(table, dest)
 
@@ -94,7 +150,7 @@ def read_part(table_name: str, part: str, columns: list[str] | None = None, lake
     p = part_path(table_name, part, lake)
     if not p.exists():
         raise FileNotFoundError(f"{p}: lake part missing (was the lake cleared? rerun with --refresh)")
-    return pq.read_table(p, columns=columns).to_pandas()
+    return read_parquet(p, columns=columns).to_pandas()
 
 
 def connect(lake: Path | None = None):

@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+LOGGING_CONFIG = Path(__file__).resolve().parent.parent / "flows" / "prefect_logging.yml"
 
 @dataclass(frozen=True)
 class Paths:
@@ -51,6 +52,9 @@ def configure_environment() -> Paths:
     p = paths()
     p.home.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PREFECT_HOME", str(p.prefect_home))
+    # winnow's logging config: Prefect's own, with tracebacks of expected failures kept off the
+    # terminal (see winnow.flows.failures); a user's own PREFECT_LOGGING_SETTINGS_PATH wins.
+    os.environ.setdefault("PREFECT_LOGGING_SETTINGS_PATH", str(LOGGING_CONFIG))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "true")
     os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(p.prefect_home / "results"))
@@ -63,3 +67,19 @@ def configure_environment() -> Paths:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("TQDM_DISABLE", os.environ.get("TQDM_DISABLE", "0"))
     return p
+
+
+def refresh_cache(enabled: bool = True):
+    """Context in which Prefect tasks recompute instead of reading their cache (``--refresh``).
+
+    Prefect reads its settings when it is imported, so setting ``PREFECT_TASKS_REFRESH_CACHE``
+    in the environment afterwards does nothing (that is how ``--refresh`` used to be done, and it
+    was silently ignored); ``temporary_settings`` changes the live settings instead.
+    """
+    from contextlib import nullcontext
+
+    if not enabled:
+        return nullcontext()
+    from prefect.settings import PREFECT_TASKS_REFRESH_CACHE, temporary_settings
+
+    return temporary_settings({PREFECT_TASKS_REFRESH_CACHE: True})

@@ -22,7 +22,7 @@ import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE, CachePolicy
 
-from . import artifacts, batches
+from . import arrays, artifacts, batches
 from .data import noise as noise_lib
 from .data.classes import MIN_CLASS_SAMPLES, ClassSpec
 from .data.dataset import Dataset
@@ -234,25 +234,31 @@ def clean_model_probs(x: np.ndarray, y: np.ndarray, num_classes: int, seed: int)
 def inject_noise(batch_id: str, kind: str, rate: float, seed: int) -> str:
     """Noise the train split; the ground truth goes to an artifact (and later the lake)."""
     key = artifacts.key_of("noise", batch_id, kind, rate, seed)
-    ds = batches.load_training_set(batch_id)
+    ds = arrays.mapped_training_set(batch_id)  # values memory-mapped: read only if the noise needs them
     # Injected noise grades the detectors, so it touches the train split only and the clean test
     # split measures accuracy. With no noise this is an audit of real labels: every row is audited,
     # the test split included (label errors in test sets distort every evaluation).
-    train = ds if kind == "none" else _train_split(ds)
+    train = ds if kind == "none" else arrays.mapped_subset(ds, ds.split == "train", batch_id)
     y, k = train.label, train.num_classes
-    if kind == "none":
-        noisy = y.copy()
-    elif kind == "symmetric":
-        noisy = noise_lib.symmetric(y, k, rate, seed)
-    elif kind == "class-pair":
-        noisy = noise_lib.class_pair(y, k, rate, seed, noise_lib.confusable_partners(train.x, y, k))
-    elif kind == "instance-dependent":
-        noisy = noise_lib.instance_dependent(y, k, rate, seed, clean_model_probs(train.x, y, k, seed))
-    elif kind.startswith("human:"):  # CIFAR-10N's real human labels (rate and seed do not apply)
-        from .data.cifar10n import human_labels
-        noisy = human_labels(train.sample_id, kind, ds.meta.get("path"))
-    else:
-        raise ValueError(f"unknown noise kind {kind!r}; choose one of {noise_lib.NOISE_KINDS}")
+    # One BLAS thread: the logistic regression behind instance-dependent noise sums in another
+    # order with 2 threads than with 1 (a Dask worker has 1), and flipped other labels (seen on
+    # Fashion-MNIST). Pinned, the flips are the same in any process.
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        if kind == "none":
+            noisy = y.copy()
+        elif kind == "symmetric":
+            noisy = noise_lib.symmetric(y, k, rate, seed)
+        elif kind == "class-pair":
+            noisy = noise_lib.class_pair(y, k, rate, seed, noise_lib.confusable_partners(train.x, y, k))
+        elif kind == "instance-dependent":
+            noisy = noise_lib.instance_dependent(y, k, rate, seed, clean_model_probs(train.x, y, k, seed))
+        elif kind.startswith("human:"):  # CIFAR-10N's real human labels (rate and seed do not apply)
+            from .data.cifar10n import human_labels
+            noisy = human_labels(train.sample_id, kind, ds.meta.get("path"))
+        else:
+            raise ValueError(f"unknown noise kind {kind!r}; choose one of {noise_lib.NOISE_KINDS}")
     artifacts.save_frame("noise", key, pd.DataFrame({
         "sample_id": train.sample_id.astype(str), "original_label": y, "noisy_label": noisy,
         "is_flipped": noisy != y,
@@ -279,10 +285,13 @@ class AuditData:
 def load_audit_data(batch_id: str, noise_key: str) -> AuditData:
     """The audited rows (those the label table lists: the train split, or every row of a real-data
     audit) with their labels, and the test rows that were not audited."""
-    ds = batches.load_training_set(batch_id)  # a committed batch, or a pool of them (operate flow)
+    # a committed batch, or a pool of them (operate flow), its values memory-mapped, not loaded:
+    # training and scoring read them a batch at a time (arrays.rows_of)
+    ds = arrays.mapped_training_set(batch_id)
     nz = artifacts.load_frame("noise", noise_key).set_index("sample_id")
     audited = pd.Index(ds.sample_id.astype(str)).isin(nz.index)  # np.isin on object arrays is quadratic
-    train, test = ds.subset(audited), ds.subset(~audited & (ds.split == "test"))
+    train = arrays.mapped_subset(ds, audited, batch_id)
+    test = arrays.mapped_subset(ds, ~audited & (ds.split == "test"), batch_id)
     nz = nz.loc[train.sample_id.astype(str)]
     return AuditData(train, nz["noisy_label"].to_numpy(np.int64), nz["is_flipped"].to_numpy(bool), test)
 
@@ -312,7 +321,7 @@ def train(batch_id: str, noise_key: str, model: str, config: dict) -> str:
     meta = {
         "batch_id": batch_id, "noise_key": noise_key, "model": model, "config": config,
         "shape": list(data.train.sample_shape), "num_classes": data.train.num_classes,
-        "test_accuracy": accuracy(result.model, data.test.x, data.test.label),
+        "test_accuracy": accuracy(result.model, arrays.rows_of(data.test.values), data.test.label),
         "train_loss": result.train_loss, "seconds": time.perf_counter() - t0,
     }
     artifacts.save_torch("checkpoints", key, [c.__dict__ for c in result.checkpoints])
@@ -328,7 +337,7 @@ def _context(data: AuditData, model: str, cfg: TrainConfig, checkpoints, seed: i
     if model == GIVEN_PROBS:
         return TrainingContext.from_probabilities(data.train.pred_probs, data.noisy, data.train.sample_id, cfg)
     return TrainingContext(
-        torch.as_tensor(data.train.x), torch.as_tensor(data.noisy), data.train.num_classes,
+        arrays.rows_of(data.train.values), torch.as_tensor(data.noisy), data.train.num_classes,
         model_factory(model, data.train.sample_shape, data.train.num_classes), checkpoints, cfg,
         data.train.sample_id, seed=cfg.seed if seed is None else seed,
     )
@@ -360,6 +369,36 @@ def out_of_sample(train_key: str, folds: int = 4) -> str:
     probs, votes = out_of_sample_views(ctx, on_fold=lambda done, k: log.info("out-of-sample fold %d/%d trained", done, k))
     artifacts.save_torch("oos", train_key, torch.as_tensor(probs))
     artifacts.save_torch("oos-knn", train_key, torch.as_tensor(votes))
+    return train_key
+
+
+@task(name="out-of-sample-fold", cache_policy=cached("models", "scorers.base"), persist_result=True,
+      task_run_name="out-of-sample-fold-{fold}")
+def out_of_sample_fold(train_key: str, fold: int, folds: int = 4) -> str | None:
+    """Fold ``fold`` of :func:`out_of_sample`, on its own (the folds are independent, so they can
+    run side by side); returns its artifact key, or None when the split has fewer folds (tiny classes)."""
+    ctx, _, _ = load_context(train_key)
+    ctx.kfold = folds
+    if fold >= len(ctx.folds()):
+        return None
+    held, probs = ctx.fold_probs(fold)
+    key = artifacts.key_of("oos-fold", train_key, fold, folds)
+    artifacts.save_torch("oos-folds", key, {"held": torch.as_tensor(held), "probs": torch.as_tensor(probs)})
+    get_run_logger().info("out-of-sample fold %d/%d: %d held-out rows", fold + 1, folds, len(held))
+    return key
+
+
+@task(name="out-of-sample-merge", cache_policy=cached("models", "scorers.base"), persist_result=True)
+def merge_out_of_sample(train_key: str, fold_keys: list[str | None]) -> str:
+    """The folds' held-out probabilities as one (n, C) table: the same artifact, values and key
+    :func:`out_of_sample` writes."""
+    meta = artifacts.load_json("train", train_key)
+    parts = [artifacts.load_torch("oos-folds", k) for k in fold_keys if k is not None]
+    n = sum(len(p["held"]) for p in parts)
+    probs = torch.zeros((n, meta["num_classes"]), dtype=torch.float64)
+    for p in parts:
+        probs[p["held"]] = p["probs"]
+    artifacts.save_torch("oos", train_key, probs)
     return train_key
 
 
@@ -434,12 +473,13 @@ def retrain(train_key: str, label: str, score_key: str | None, k: int, clean: bo
     elif remedy == "weight":
         plan = remedies.weight(y, flags, seed=ctx.train_config.seed)
     else:  # semi: a model on the unflagged rows pseudo-labels the flagged ones
-        first = ctx.train(ctx.x[~flags], torch.as_tensor(y[~flags]), keep_checkpoints=False).model
-        plan = remedies.pseudo_label_plan(y, flags, torch.softmax(predict_logits(first, ctx.x), 1).double().numpy())
+        first = ctx.train(ctx.rows.subset(np.flatnonzero(~flags)), torch.as_tensor(y[~flags]),
+                          keep_checkpoints=False).model
+        plan = remedies.pseudo_label_plan(y, flags, torch.softmax(predict_logits(first, ctx.rows), 1).double().numpy())
     keep = np.zeros(ctx.n, dtype=bool)
     keep[plan.rows] = True
-    result = ctx.train(ctx.x[plan.rows], torch.as_tensor(plan.labels), keep_checkpoints=False)
-    acc = accuracy(result.model, data.test.x, data.test.label)
+    result = ctx.train(ctx.rows.subset(plan.rows), torch.as_tensor(plan.labels), keep_checkpoints=False)
+    acc = accuracy(result.model, arrays.rows_of(data.test.values), data.test.label)
     removed_flipped = int(data.flipped[~keep].sum())
     get_run_logger().info("%s: removed %d (%d truly flipped), test accuracy %.4f", label, int((~keep).sum()),
                           removed_flipped, acc)
@@ -454,4 +494,4 @@ def retrain(train_key: str, label: str, score_key: str | None, k: int, clean: bo
 def test_logits(train_key: str) -> tuple[np.ndarray, np.ndarray]:
     """Final noisy model's logits on the test split (for reports)."""
     ctx, data, _ = load_context(train_key)
-    return predict_logits(ctx.model_at(-1), data.test.x).numpy(), data.test.label
+    return predict_logits(ctx.model_at(-1), arrays.rows_of(data.test.values)).numpy(), data.test.label

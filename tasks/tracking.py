@@ -31,16 +31,30 @@ def use_experiment(name: str = EXPERIMENT):
     current directory is; pinning the location keeps a run's files beside its metadata.
     """
     mlflow = _mlflow()
-    if mlflow.get_experiment_by_name(name) is None:
-        root = (paths().home / "mlartifacts").resolve()
-        root.mkdir(parents=True, exist_ok=True)
-        try:
-            mlflow.create_experiment(name, artifact_location=root.as_uri())
-        except Exception:  # created concurrently by another process: fine, select it below
-            if mlflow.get_experiment_by_name(name) is None:
-                raise
-    mlflow.set_experiment(name)
+    with _store_setup_lock(os.environ["MLFLOW_TRACKING_URI"]):
+        if mlflow.get_experiment_by_name(name) is None:
+            root = (paths().home / "mlartifacts").resolve()
+            root.mkdir(parents=True, exist_ok=True)
+            try:
+                mlflow.create_experiment(name, artifact_location=root.as_uri())
+            except Exception:  # created concurrently by another process: fine, select it below
+                if mlflow.get_experiment_by_name(name) is None:
+                    raise
+        mlflow.set_experiment(name)
     return mlflow
+
+
+def _store_setup_lock(uri: str):
+    """A sqlite store's first use creates and migrates its tables; two runs starting together on a
+    fresh home raced there ("table _alembic_tmp_experiments already exists"). Serialise that step
+    across processes with a lock file beside the database (other stores need none)."""
+    from contextlib import nullcontext
+
+    from .lake import exclusive_lock
+
+    if not uri.startswith("sqlite:///"):
+        return nullcontext()
+    return exclusive_lock(Path(uri[len("sqlite:///"):] + ".lock"))
 
 
 def _finite(metrics: dict) -> dict:

@@ -220,5 +220,6 @@ def validate_batch(ds: Dataset, class_count: int | None = None, min_class_sample
     if report.success and not np.any(ds.split == "train"):
         report = CheckReport(report.suite, False, ["split has no 'train' rows: nothing to audit"], report.results)
     if not report.success:
-        raise ValidationFailed(f"batch {ds.name!r}", report.failures)
+        where = ds.meta.get("source")  # the file or folder the rows came from, when they came from one
+        raise ValidationFailed(f"{where} (batch {ds.name!r})" if where else f"batch {ds.name!r}", report.failures)
     return report

@@ -43,3 +43,27 @@ def test_features_train_a_model_and_find_most_flips():
 def test_bad_arguments_are_one_line_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         winnow.find_label_issues(np.array([0, 1, 0, 1]), **kwargs)
+
+
+def test_scorer_options_are_reachable_as_name_colon_key_value():
+    from winnow.tasks.scorers import get_scorer, parse_scorer_list
+    from winnow.tasks.scorers.base import split_spec
+
+    assert split_spec("influence:variant=ekfac:damping=0.01") == ("influence", {"variant": "ekfac", "damping": "0.01"})
+    assert parse_scorer_list("loss,ensemble:members=aum+margin:rounds=2") == ["loss", "ensemble:members=aum+margin:rounds=2"]
+    assert get_scorer("influence:variant=ekfac").options == {"variant": "ekfac"}
+    with pytest.raises(ValueError, match="not key=value"):
+        split_spec("influence:ekfac")
+    with pytest.raises(ValueError, match="unknown scorer 'nope'"):
+        parse_scorer_list("nope:a=1")
+
+
+def test_ensemble_options_from_the_cli_form_change_its_scores():
+    _, y, given = _mixture(n=300)
+    probs = np.random.default_rng(0).dirichlet(np.ones(3) * 0.5, len(y))  # members disagree on these
+    from winnow.tasks.scorers import TrainingContext, get_scorer
+
+    ctx = TrainingContext.from_probabilities(probs, given, np.arange(len(y)).astype(str))
+    a = get_scorer("ensemble:members=loss+margin")(ctx)
+    b = get_scorer("ensemble:members=loss+confident")(ctx)
+    assert a.shape == (300,) and not np.allclose(a, b)

@@ -104,6 +104,32 @@ def _list_values(column, path: Path, name: str) -> tuple[np.ndarray, tuple[int, 
     return values.reshape(n, *inner), tuple(inner)
 
 
+def _is_list(t) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+
+
+def _stream_list(path: Path, name: str, n: int, batch_rows: int = 65536) -> tuple[np.ndarray, tuple[int, ...]]:
+    """A list column read one record batch at a time into one preallocated array, so peak
+    memory is the array plus one batch (not the Arrow column, its combined copy and the array)."""
+    import pyarrow.parquet as pq
+
+    out, inner, row = None, (), 0
+    for batch in pq.ParquetFile(path).iter_batches(columns=[name], batch_size=batch_rows):
+        part, part_inner = _list_values(batch.column(0), path, name)
+        if out is None:
+            out, inner = np.empty((n, *part_inner), dtype=part.dtype), part_inner
+        elif part_inner != inner:
+            raise ValueError(f"{path}: column '{name}' holds arrays of different shapes ({inner} from row 0, "
+                             f"{part_inner} near row {row})")
+        out[row:row + len(part)] = part
+        row += len(part)
+    if out is None or row != n:
+        raise ValueError(f"{path}: column '{name}' has {row} rows, the file {n}")
+    return out, inner
+
+
 def _pixels(values: np.ndarray, integer: bool) -> np.ndarray:
     """Integer pixels in 0..255 become uint8; wider integers stay float (validation then refuses
     them as out of range instead of wrapping them silently)."""
@@ -131,10 +157,14 @@ def load_parquet(path: str | Path, test_fraction: float = 0.2, name: str | None 
     if path.is_dir():
         raise ValueError(f"{path}: is a folder; --dataset parquet needs a .parquet file (images: --dataset images)")
     try:
-        table = pq.read_table(path)
+        schema = pq.read_schema(path)
+        # the big list columns are streamed into one array below, not read whole here
+        listed = [c for c in (PROBS_COLUMN, FEATURES_COLUMN, *IMAGE_COLUMNS) if c in schema.names
+                  and _is_list(schema.field(c).type)]
+        table = pq.read_table(path, columns=[c for c in schema.names if c not in listed])
     except Exception as exc:
         raise ValueError(f"{path}: not a readable Parquet file ({exc.__class__.__name__})") from None
-    cols = table.column_names
+    cols = schema.names
     meta = _metadata(table.schema)
     id_col = next((c for c in ID_COLUMNS if c in cols), None)
     if id_col is None:
@@ -163,7 +193,7 @@ def load_parquet(path: str | Path, test_fraction: float = 0.2, name: str | None 
     value_range: tuple = (0.0, 1.0)
     info: dict = {}
     if PROBS_COLUMN in cols:
-        probs, inner = _list_values(table.column(PROBS_COLUMN), path, PROBS_COLUMN)
+        probs, inner = _stream_list(path, PROBS_COLUMN, n)
         if len(inner) != 1 or inner[0] != len(mapping.class_names):
             raise ValueError(f"{path}: column '{PROBS_COLUMN}' rows have {inner[0] if inner else 0} values; the class "
                              f"set has {len(mapping.class_names)} ({mapping.source})")
@@ -171,7 +201,7 @@ def load_parquet(path: str | Path, test_fraction: float = 0.2, name: str | None 
         values = np.zeros((n, 0), dtype=np.float32)
         form = "pred_probs"
     elif FEATURES_COLUMN in cols:
-        values, inner = _list_values(table.column(FEATURES_COLUMN), path, FEATURES_COLUMN)
+        values, inner = _stream_list(path, FEATURES_COLUMN, n)
         values = values.astype(np.float32, copy=False)
         if shape:
             values = _reshape(values, shape, path, FEATURES_COLUMN)
@@ -180,8 +210,8 @@ def load_parquet(path: str | Path, test_fraction: float = 0.2, name: str | None 
             value_range = (None, None)
         form = "features"
     elif (img_col := next((c for c in IMAGE_COLUMNS if c in cols), None)) is not None:
-        column = table.column(img_col)
-        if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
+        column = table.column(img_col) if img_col not in listed else None
+        if column is not None and (pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type)):
             if column.null_count:
                 row = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
                 raise ValueError(f"{path}: column '{img_col}' row {row} (id {ids[row]}) is null")
@@ -190,7 +220,10 @@ def load_parquet(path: str | Path, test_fraction: float = 0.2, name: str | None 
                                       image_size)
             form = "encoded images"
         else:
-            raw, inner = _list_values(column, path, img_col)
+            if column is not None:
+                raise ValueError(f"{path}: column '{img_col}' holds {column.type}; expected encoded image bytes or "
+                                 f"a (nested) list of numbers")
+            raw, inner = _stream_list(path, img_col, n)
             integer = raw.dtype.kind in "iu"
             values = _pixels(raw, integer)
             file_shape = parse_shape(meta.get("shape"))

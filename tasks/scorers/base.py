@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..models.rows import Rows
 from ..models.training import Checkpoint, TrainConfig, TrainResult, default_device, predict_logits, train_model
 
 
@@ -25,7 +26,10 @@ class TrainingContext:
     Attributes
     ----------
     x : torch.Tensor, shape (n, *sample_shape), float32
-        Training inputs.
+        Training inputs. Built from a :class:`Rows` that streams (a memory-mapped file), ``x`` is
+        materialised only when a scorer first reads it; training, the out-of-sample folds and the
+        checkpoint logits (``loss``, ``aum``, ``margin``, ``confident``...) read :attr:`rows`, one
+        batch at a time, and never do.
     y : torch.Tensor, shape (n,), int64
         Given (possibly noisy) labels.
     num_classes : int
@@ -42,7 +46,7 @@ class TrainingContext:
         Folds for out-of-sample probabilities.
     """
 
-    x: torch.Tensor
+    x: torch.Tensor = field(repr=False)  # no repr: it would read a streaming context's whole set
     y: torch.Tensor
     num_classes: int
     model_factory: Callable[[], nn.Module]
@@ -55,13 +59,26 @@ class TrainingContext:
     _cache: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        self.x = torch.as_tensor(self.x, dtype=torch.float32)
+        if isinstance(self.x, Rows) and not self.x.in_memory:
+            self.rows = self.x
+            del self.x  # read on first use (see __getattr__): most scorers never need it
+        else:
+            self.x = torch.as_tensor(self.x.materialize() if isinstance(self.x, Rows) else self.x,
+                                     dtype=torch.float32)
+            self.rows = Rows(self.x)
         self.y = torch.as_tensor(self.y, dtype=torch.long)
-        n = len(self.x)
+        n = len(self.rows)
         if len(self.y) != n or len(self.sample_ids) != n:
             raise ValueError(f"x, y and sample_ids must have the same length, got {n}, {len(self.y)}, {len(self.sample_ids)}")
         if n and (int(self.y.min()) < 0 or int(self.y.max()) >= self.num_classes):
             raise ValueError(f"labels must lie in [0, {self.num_classes})")
+
+    def __getattr__(self, name: str):
+        # Only reached when normal lookup fails: `x` of a streaming context, on first use.
+        if name == "x" and "rows" in self.__dict__:
+            self.x = self.rows.materialize()
+            return self.x
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @classmethod
     def from_probabilities(cls, probs: np.ndarray, labels: np.ndarray, sample_ids: np.ndarray,
@@ -97,7 +114,7 @@ class TrainingContext:
 
     @property
     def n(self) -> int:
-        return len(self.x)
+        return len(self.rows)
 
     def model_at(self, index: int = -1) -> nn.Module:
         """A fresh model loaded with checkpoint ``index`` (eval mode, on ``device``)."""
@@ -111,19 +128,48 @@ class TrainingContext:
         """Training-set logits at every checkpoint, shape (T, n, C); computed once."""
         if "checkpoint_logits" not in self._cache:
             self._cache["checkpoint_logits"] = torch.stack(
-                [predict_logits(self.model_at(t), self.x, device=self.device) for t in range(len(self.checkpoints))]
+                [predict_logits(self.model_at(t), self.rows, device=self.device) for t in range(len(self.checkpoints))]
             )
         return self._cache["checkpoint_logits"]
 
     def train(self, x=None, y=None, config: TrainConfig | None = None, **kwargs) -> TrainResult:
         """Train the audited recipe (defaults: this context's data and config)."""
-        return train_model(self.model_factory, self.x if x is None else x, self.y if y is None else y,
+        return train_model(self.model_factory, self.rows if x is None else x, self.y if y is None else y,
                            config or self.train_config, device=self.device, **kwargs)
+
+    def folds(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The K-fold split of :meth:`out_of_sample_probs`: (fit, held) row positions per fold,
+        stratified by given label, seeded (``kfold`` lowered to the smallest class's count, min 2)."""
+        from sklearn.model_selection import StratifiedKFold
+
+        y = self.y.numpy()
+        counts = np.bincount(y, minlength=self.num_classes)
+        k = int(min(self.kfold, max(2, counts[counts > 0].min())))
+        return list(StratifiedKFold(k, shuffle=True, random_state=self.seed).split(np.zeros(self.n), y))
+
+    def fold_probs(self, fold: int) -> tuple[np.ndarray, np.ndarray]:
+        """Train fold ``fold`` of :meth:`folds` and predict its held-out rows.
+
+        Folds are independent (each its own seed), so they can run anywhere, in any order.
+
+        Returns
+        -------
+        held : np.ndarray, shape (m,), int64 — row positions
+        probs : np.ndarray, shape (m, C), float64
+        """
+        plan = self.folds()
+        if not 0 <= fold < len(plan):
+            raise ValueError(f"fold must lie in [0, {len(plan)}), got {fold}")
+        fit, held = plan[fold]
+        cfg = replace(self.train_config, seed=self.train_config.seed + 1000 * (fold + 1))
+        result = self.train(self.rows.subset(fit), self.y[fit], cfg, keep_checkpoints=False)
+        probs = torch.softmax(predict_logits(result.model, self.rows.subset(held)), 1).double().numpy()
+        return held.astype(np.int64), probs
 
     def out_of_sample_probs(self, on_fold: Callable[[int, int], None] | None = None) -> np.ndarray:
         """Predicted probabilities for each sample from a model that never saw it.
 
-        K-fold cross-fitting with the audited recipe (folds stratified by given label, seeded).
+        K-fold cross-fitting with the audited recipe (:meth:`folds`, :meth:`fold_probs`).
         ``on_fold(done, total)`` is called after each fold (progress for long runs).
 
         Returns
@@ -131,17 +177,11 @@ class TrainingContext:
         np.ndarray, shape (n, C), float64
         """
         if "oos_probs" not in self._cache:
-            from sklearn.model_selection import StratifiedKFold
-
-            y = self.y.numpy()
-            counts = np.bincount(y, minlength=self.num_classes)
-            k = int(min(self.kfold, max(2, counts[counts > 0].min())))
+            k = len(self.folds())
             probs = np.zeros((self.n, self.num_classes))
-            folds = StratifiedKFold(k, shuffle=True, random_state=self.seed).split(np.zeros(self.n), y)
-            for fold, (fit, held) in enumerate(folds):
-                cfg = replace(self.train_config, seed=self.train_config.seed + 1000 * (fold + 1))
-                result = self.train(self.x[fit], self.y[fit], cfg, keep_checkpoints=False)
-                probs[held] = torch.softmax(predict_logits(result.model, self.x[held]), 1).double().numpy()
+            for fold in range(k):
+                held, p = self.fold_probs(fold)
+                probs[held] = p
                 if on_fold:
                     on_fold(fold + 1, k)
             self._cache["oos_probs"] = probs
@@ -196,14 +236,34 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def split_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """A scorer with options, as the CLI writes it: ``name[:key=value[:key=value ...]]``.
+
+    ``"influence:variant=ekfac"`` -> ``("influence", {"variant": "ekfac"})``;
+    ``"ensemble:members=aum+representer:rounds=2"`` (``+`` joins a list, since ``,`` separates
+    scorers). Values stay strings; each scorer parses and validates its own options.
+    """
+    name, *pairs = str(spec).strip().split(":")
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"scorer option {pair!r} in {spec!r} is not key=value (form: name:key=value:key=value)")
+        options[key.strip()] = value.strip()
+    return name.strip(), options
+
+
 def scorer_class(name: str) -> type[Scorer]:
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown scorer {name!r}; available: {', '.join(available())}")
-    return _REGISTRY[name]
+    """The class of a scorer name (or spec with options)."""
+    base = split_spec(name)[0]
+    if base not in _REGISTRY:
+        raise ValueError(f"unknown scorer {base!r}; available: {', '.join(available())}")
+    return _REGISTRY[base]
 
 
 def get_scorer(name: str, **options) -> Scorer:
-    return scorer_class(name)(**options)
+    """An instance of a scorer name or spec (``"influence:variant=ekfac"``); ``options`` win."""
+    return scorer_class(name)(**{**split_spec(name)[1], **options})
 
 
 #: the recommended detector first: it ranks the flags (and, for arrivals, the review queue)
@@ -224,14 +284,16 @@ def probability_scorers() -> list[str]:
     return [n for n in available() if not _REGISTRY[n].needs_model]
 
 
+
 def parse_scorer_list(spec: str | list[str]) -> list[str]:
-    """``"loss,confident"`` -> ``["loss", "confident"]``, validated against the registry."""
+    """``"loss,confident"`` -> ``["loss", "confident"]``, validated against the registry; an entry
+    may carry options (``"influence:variant=ekfac"``, see :func:`split_spec`)."""
     names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
     if not names:
         raise ValueError("--scorers is empty; give at least one of: " + ", ".join(available()))
     for n in names:
-        if n not in _REGISTRY:
-            raise ValueError(f"unknown scorer {n!r} in --scorers; available: {', '.join(available())}")
+        if split_spec(n)[0] not in _REGISTRY:
+            raise ValueError(f"unknown scorer {split_spec(n)[0]!r} in --scorers; available: {', '.join(available())}")
     if len(set(names)) != len(names):
         raise ValueError(f"--scorers lists a scorer twice: {names}")
     return names

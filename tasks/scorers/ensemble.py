@@ -57,9 +57,10 @@ def rank_average(score_arrays) -> np.ndarray:
 
 
 def parse_members(spec) -> list[str]:
-    """``"loss-mean,aum"`` or a list -> validated member names (no nesting of ``ensemble``)."""
-    names = parse_scorer_list(spec)
-    if "ensemble" in names:
+    """``"loss-mean,aum"`` (or ``"loss-mean+aum"``, the CLI's form) or a list -> validated member
+    names (no nesting of ``ensemble``)."""
+    names = parse_scorer_list(spec.replace("+", ",") if isinstance(spec, str) else spec)
+    if any(n.split(":")[0] == "ensemble" for n in names):
         raise ValueError("ensemble cannot be a member of itself")
     return names
 

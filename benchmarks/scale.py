@@ -1,0 +1,294 @@
+"""How winnow scales with N: a class-structured synthetic feature set audited end to end.
+
+    python benchmarks/scale.py --n 100000 1000000 --workers 0 2 --out docs/scale
+
+For each N: a Gaussian mixture of 512-d "embeddings" (10 classes whose means lie in a shared
+32-d subspace, so classes overlap) with instance-dependent label noise (10% of labels flipped,
+the more confusable samples more often, each to its likeliest wrong class) is written to Parquet
+(``id``, ``label``, ``features`` as fixed_size_list<float32>[512]; row groups of 65,536, written
+a chunk at a time). Then, per ``--workers`` value (0 = sequential), a fresh WINNOW_HOME (nothing
+cached) and::
+
+    winnow run --dataset parquet --path F --noise none --model mlp --scorers loss,aum,confident
+               --epochs E [--workers W]
+
+The script samples the resident memory of the whole process tree (the CLI, Prefect's temporary
+server, Dask workers) every 0.25 s, reads the per-stage seconds the flow recorded (MLflow nested
+runs) and the detection AUROC of each scorer against the flips it planted, and writes
+``scale.json`` and ``scale.md`` to ``--out``. 10^7 rows are extrapolated from the slope between
+the two largest N (stated as such). One torch thread per process (``OMP_NUM_THREADS=1``).
+
+Not a test: a run at N = 10^6 takes minutes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parents[1]
+CHUNK = 65536
+CLASSES = 10
+SUBSPACE = 32
+
+
+# ---------------------------------------------------------------- the data set (pure)
+
+
+def mixture_means(dim: int, seed: int) -> tuple[np.ndarray, float]:
+    """Class means (C, dim) in a random SUBSPACE-d subspace, and the within-class std."""
+    rng = np.random.default_rng([seed, 0])
+    basis = np.linalg.qr(rng.normal(size=(dim, SUBSPACE)))[0]  # (dim, SUBSPACE), orthonormal
+    # scale 0.6: the Bayes classifier is right on ~93% of clean samples (confusable pairs exist)
+    centres = rng.normal(size=(CLASSES, SUBSPACE)) * 0.6
+    return (centres @ basis.T).astype(np.float32), 1.0
+
+
+def chunk(i: int, n: int, dim: int, seed: int, means: np.ndarray, sigma: float):
+    """Rows [i·CHUNK, min(n, (i+1)·CHUNK)): features (m, dim) float32, clean labels (m,),
+    and the posterior p(class | x) under the mixture (m, C) — deterministic in (seed, i)."""
+    rng = np.random.default_rng([seed, 1, i])
+    m = min(n, (i + 1) * CHUNK) - i * CHUNK
+    y = rng.integers(0, CLASSES, m)
+    x = means[y] + rng.normal(scale=sigma, size=(m, dim)).astype(np.float32)
+    # squared distances to every mean; the isotropic part common to all classes cancels
+    logits = (x @ means.T - 0.5 * (means ** 2).sum(1)) / sigma ** 2
+    logits -= logits.max(1, keepdims=True)
+    post = np.exp(logits)
+    post /= post.sum(1, keepdims=True)
+    return x, y, post
+
+
+def flip_plan(n: int, dim: int, seed: int, rate: float) -> tuple[np.ndarray, np.ndarray]:
+    """Which rows flip (exactly round(rate·n)) and to what: instance-dependent.
+
+    Row i is drawn with weight 1 - p(y_i | x_i) + 0.01 (Gumbel top-k: without replacement,
+    proportional to the weight), and flips to its likeliest wrong class.
+
+    Returns
+    -------
+    flipped : np.ndarray, shape (n,), bool
+    new_label : np.ndarray, shape (n,), int64 — the likeliest wrong class of every row
+    """
+    means, sigma = mixture_means(dim, seed)
+    keys, alt = np.empty(n), np.empty(n, dtype=np.int64)
+    gumbel = np.random.default_rng([seed, 2]).gumbel(size=n)
+    for i in range(-(-n // CHUNK)):
+        _, y, post = chunk(i, n, dim, seed, means, sigma)
+        sl = slice(i * CHUNK, i * CHUNK + len(y))
+        keys[sl] = np.log(1.0 - post[np.arange(len(y)), y] + 0.01) + gumbel[sl]
+        wrong = post.copy()
+        wrong[np.arange(len(y)), y] = -1.0
+        alt[sl] = wrong.argmax(1)
+    k = int(round(rate * n))
+    flipped = np.zeros(n, dtype=bool)
+    flipped[np.argsort(-keys, kind="stable")[:k]] = True
+    return flipped, alt
+
+
+def write_dataset(path: Path, n: int, dim: int = 512, seed: int = 0, rate: float = 0.1) -> np.ndarray:
+    """Write the noisy-labelled set to ``path`` (a chunk at a time); returns the flipped mask."""
+    flipped, alt = flip_plan(n, dim, seed, rate)
+    means, sigma = mixture_means(dim, seed)
+    schema = pa.schema([("id", pa.string()), ("label", pa.int64()),
+                        ("features", pa.list_(pa.float32(), dim))])
+    tmp = path.with_name(f".{path.name}.tmp")
+    with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+        for i in range(-(-n // CHUNK)):
+            x, y, _ = chunk(i, n, dim, seed, means, sigma)
+            sl = slice(i * CHUNK, i * CHUNK + len(y))
+            label = np.where(flipped[sl], alt[sl], y)
+            features = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), dim)
+            ids = pa.array([f"s{j}" for j in range(sl.start, sl.stop)])
+            writer.write_table(pa.table([ids, pa.array(label), features], schema=schema), row_group_size=CHUNK)
+    tmp.replace(path)
+    np.save(path.with_suffix(".flipped.npy"), flipped)
+    return flipped
+
+
+# ---------------------------------------------------------------- measuring a run
+
+
+class TreeMemory:
+    """Peak resident memory of a process and all its descendants, sampled every ``every`` s."""
+
+    def __init__(self, pid: int, every: float = 0.25):
+        import psutil
+
+        self.root, self.every = psutil.Process(pid), every
+        self.peak_sum = self.peak_max = 0
+        self.peak_procs = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        import psutil
+
+        while not self._stop.is_set():
+            try:
+                procs = [self.root, *self.root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                return
+            rss = []
+            for p in procs:
+                try:
+                    rss.append(p.memory_info().rss)
+                except psutil.Error:
+                    pass
+            if rss:
+                if sum(rss) > self.peak_sum:
+                    self.peak_sum, self.peak_procs = sum(rss), len(rss)
+                self.peak_max = max(self.peak_max, max(rss))
+            self._stop.wait(self.every)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def stage_seconds(home: Path, mlflow_run_id: str) -> dict[str, float]:
+    """The flow's per-stage seconds (its nested MLflow runs)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
+    runs = mlflow.search_runs(search_all_experiments=True,
+                              filter_string=f"tags.mlflow.parentRunId = '{mlflow_run_id}'")
+    out = {}
+    for _, r in runs.iterrows():
+        stage = r.get("params.stage")
+        if isinstance(stage, str) and not np.isnan(r.get("metrics.seconds", np.nan)):
+            out[stage] = out.get(stage, 0.0) + float(r["metrics.seconds"])
+    return out
+
+
+def scorer_auroc(home: Path, flipped: np.ndarray) -> dict[str, float]:
+    """AUROC of each scorer's ranking against the planted flips (from the lake's scores table)."""
+    import duckdb
+    from sklearn.metrics import roc_auc_score
+
+    files = str(home / "lake" / "scores" / "*.parquet")
+    df = duckdb.sql(f"SELECT scorer, sample_id, score FROM read_parquet('{files}')").df()
+    out = {}
+    for name, g in df.groupby("scorer"):
+        idx = g["sample_id"].str.slice(1).astype(np.int64).to_numpy()
+        out[name] = round(float(roc_auc_score(flipped[idx], g["score"].to_numpy())), 4)
+    return out
+
+
+def audit(path: Path, flipped: np.ndarray, workers: int, epochs: int, scorers: str, keep: bool) -> dict:
+    home = Path(tempfile.mkdtemp(prefix="winnow-scale-"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    env.update(WINNOW_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", OMP_NUM_THREADS="1",
+               WINNOW_TORCH_THREADS="1", TQDM_DISABLE="1")
+    cmd = [sys.executable, "-m", "winnow.flows.cli", "run", "--dataset", "parquet", "--path", str(path),
+           "--noise", "none", "--model", "mlp", "--scorers", scorers, "--epochs", str(epochs)]
+    if workers:
+        cmd += ["--workers", str(workers)]
+    print("$", " ".join(cmd[2:]), f"  (WINNOW_HOME={home})", flush=True)
+    t0 = time.perf_counter()
+    with open(home / "run.log", "w") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=log, text=True, cwd=home)
+        with TreeMemory(proc.pid) as mem:
+            out, _ = proc.communicate()
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"winnow run failed (exit {proc.returncode}); log: {home / 'run.log'}\n{out}")
+    m = re.search(r"MLflow run id: (\w+)", out)
+    result = {"n": len(flipped), "workers": workers, "epochs": epochs, "wall_s": round(wall, 1),
+              "peak_rss_tree_gib": round(mem.peak_sum / 2**30, 3), "processes_at_peak": mem.peak_procs,
+              "peak_rss_one_process_gib": round(mem.peak_max / 2**30, 3),
+              "stages_s": {k: round(v, 1) for k, v in stage_seconds(home, m.group(1)).items()} if m else {},
+              "auroc": scorer_auroc(home, flipped), "home": str(home)}
+    print(json.dumps(result), flush=True)
+    if not keep:
+        import shutil
+
+        shutil.rmtree(home, ignore_errors=True)
+    return result
+
+
+# ---------------------------------------------------------------- report
+
+
+STAGE_ORDER = ("ingest", "validate", "commit", "inject-noise", "train", "out-of-sample", "score-loss",
+               "score-aum", "score-confident", "estimate-k", "publish")
+
+
+def markdown(results: list[dict], machine: str) -> str:
+    stages = [s for s in STAGE_ORDER if any(s in r["stages_s"] for r in results)]
+    stages += sorted({s for r in results for s in r["stages_s"]} - set(stages))
+    head = ["N", "Dask workers", "wall s", *stages, "peak RSS (tree) GiB", "largest process GiB"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        lines.append("| " + " | ".join([f"{r['n']:,}", str(r["workers"] or "—"), f"{r['wall_s']:.0f}",
+                                        *[f"{r['stages_s'].get(s, float('nan')):.0f}" for s in stages],
+                                        f"{r['peak_rss_tree_gib']:.2f}", f"{r['peak_rss_one_process_gib']:.2f}"]) + " |")
+    # 10^7 on paper: linear in N from the two largest measured N, per worker setting
+    for w in sorted({r["workers"] for r in results}):
+        by_n = {r["n"]: r for r in results if r["workers"] == w}  # the last run of each N
+        rs = [by_n[n] for n in sorted(by_n)]
+        if len(rs) >= 2:
+            a, b = rs[-2], rs[-1]
+            f = lambda key: b[key] + (b[key] - a[key]) * (10_000_000 - b["n"]) / (b["n"] - a["n"])  # noqa: E731
+            lines.append(f"| 10,000,000 (extrapolated) | {w or '—'} | {f('wall_s'):.0f} | "
+                         + " | ".join("" for _ in stages) + f" | {f('peak_rss_tree_gib'):.2f} | "
+                         f"{f('peak_rss_one_process_gib'):.2f} |")
+    lines += ["", f"Machine: {machine}.", "",
+              "AUROC against the planted flips: " + "; ".join(
+                  f"N={r['n']:,}, workers {r['workers']}: " + ", ".join(f"{k} {v:.3f}" for k, v in r["auroc"].items())
+                  for r in results)]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, nargs="+", default=[100_000, 1_000_000])
+    ap.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="0 = sequential")
+    ap.add_argument("--dim", type=int, default=512)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--scorers", default="loss,aum,confident")
+    ap.add_argument("--data-dir", type=Path, default=Path(tempfile.gettempdir()) / "winnow-scale-data")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "scale")
+    ap.add_argument("--keep", action="store_true", help="keep each run's WINNOW_HOME")
+    args = ap.parse_args(argv)
+    if any(n < 1000 for n in args.n) or args.dim < 2 or args.epochs < 1 or any(w < 0 for w in args.workers):
+        raise SystemExit("--n >= 1000, --dim >= 2, --epochs >= 1, --workers >= 0")
+    args.data_dir.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for n in args.n:
+        path = args.data_dir / f"mixture-n{n}-d{args.dim}.parquet"
+        if not path.exists() or not path.with_suffix(".flipped.npy").exists():
+            t0 = time.perf_counter()
+            write_dataset(path, n, args.dim)
+            print(f"wrote {path} ({path.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - t0:.0f} s", flush=True)
+        flipped = np.load(path.with_suffix(".flipped.npy"))
+        for w in args.workers:
+            results.append(audit(path, flipped, w, args.epochs, args.scorers, args.keep))
+            (args.out / "scale.json").write_text(json.dumps(results, indent=1))
+    load = os.getloadavg()
+    machine = (f"{os.cpu_count()} cores, one torch thread per process; load average at the end "
+               f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}")
+    md = markdown(results, machine)
+    (args.out / "scale.md").write_text(md + "\n")
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
