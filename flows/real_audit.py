@@ -33,7 +33,6 @@ def publish_real_audit(train_key: str, oos_key: str, score_keys: dict[str, str],
     scores = {n: t["score"].to_numpy() for n, t in score_tables.items()}
     flagged, ranks = review.rank_flags(scores, names[0], k)
     rows = review.flagged_rows(audited, flagged, probs, scores, ranks, names[0], params["batch_id"], run_id=train_key)
-    rows = rows.assign(split=audited.split[np.flatnonzero(flagged)[np.argsort(ranks[names[0]][flagged], kind="stable")]])
 
     n = len(audited)
     agree = probs.argmax(1) == data.noisy
@@ -78,7 +77,7 @@ def publish_real_audit(train_key: str, oos_key: str, score_keys: dict[str, str],
         "run_id": train_key, "mlflow_run_id": mlflow_run_id, "flow_run_id": flow_run_id, "flow": "audit",
         "created_at": pd.Timestamp.now(tz="UTC"), "scorers": params["scorers"], "k": int(k),
         "batch_id": params["batch_id"], "mode": "real", "path": params.get("path"), **dims}]), part=mlflow_run_id)
-    queued = review.enqueue(rows.drop(columns=["split"]))
+    queued = review.enqueue(rows)
     create_markdown_artifact(key="audit-summary", markdown=summary_md + f"\n\nMLflow run: `{mlflow_run_id}`",
                              description=f"winnow audit {train_key} (real labels)")
     run.records.append({"name": "publish", "cached": False, "seconds": round(time.perf_counter() - t0, 3)})

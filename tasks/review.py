@@ -245,6 +245,7 @@ def flagged_rows(train: Dataset, chosen: np.ndarray, oos: np.ndarray, scores: di
         "ranks": [json.dumps({n: int(r[i]) for n, r in ranks.items()}) for i in idx],
         "status": "pending", "new_label": np.full(len(idx), -1, dtype=np.int64), "created_at": now, "decided_at": "",
         "decided_by": "",
+        "split": train.split[idx].astype(str),  # not stored in the queue (COLUMNS); for reports and flags
     })
 
 
