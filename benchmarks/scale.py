@@ -121,7 +121,8 @@ def write_dataset(path: Path, n: int, dim: int = 512, seed: int = 0, rate: float
 
 
 class TreeMemory:
-    """Peak resident memory of a process and all its descendants, sampled every ``every`` s."""
+    """Resident memory and CPU seconds of a process and all its descendants, sampled every
+    ``every`` s: the peaks, and the series (for per-stage figures: :func:`stage_figures`)."""
 
     def __init__(self, pid: int, every: float = 0.25):
         import psutil
@@ -129,12 +130,16 @@ class TreeMemory:
         self.root, self.every = psutil.Process(pid), every
         self.peak_sum = self.peak_max = 0
         self.peak_procs = 0
+        self.series: list[tuple[float, int, float]] = []  # (epoch s, tree RSS bytes, tree CPU s)
+        self.load: list[float] = []  # 1-min load average, once a second or so
+        self._cpu_gone: dict[int, float] = {}  # last CPU seen of each process (kept when it exits)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
         import psutil
 
+        tick = 0
         while not self._stop.is_set():
             try:
                 procs = [self.root, *self.root.children(recursive=True)]
@@ -143,13 +148,20 @@ class TreeMemory:
             rss = []
             for p in procs:
                 try:
-                    rss.append(p.memory_info().rss)
+                    with p.oneshot():
+                        rss.append(p.memory_info().rss)
+                        t = p.cpu_times()
+                        self._cpu_gone[p.pid] = t.user + t.system
                 except psutil.Error:
                     pass
             if rss:
                 if sum(rss) > self.peak_sum:
                     self.peak_sum, self.peak_procs = sum(rss), len(rss)
                 self.peak_max = max(self.peak_max, max(rss))
+                self.series.append((time.time(), sum(rss), sum(self._cpu_gone.values())))
+            if tick % 4 == 0:
+                self.load.append(os.getloadavg()[0])
+            tick += 1
             self._stop.wait(self.every)
 
     def __enter__(self):
@@ -161,18 +173,45 @@ class TreeMemory:
         self._thread.join()
 
 
-def stage_seconds(home: Path, mlflow_run_id: str) -> dict[str, float]:
-    """The flow's per-stage seconds (its nested MLflow runs)."""
+def stage_records(home: Path, mlflow_run_id: str) -> list[dict]:
+    """The flow's stage records (its nested MLflow runs): name, seconds and what the flow measured
+    (``started_at``, ``ended_at``, and in sequence ``cpu_seconds``, ``peak_rss_gib`` of the flow process)."""
     import mlflow
 
     mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
     runs = mlflow.search_runs(search_all_experiments=True,
                               filter_string=f"tags.mlflow.parentRunId = '{mlflow_run_id}'")
-    out = {}
+    out = []
     for _, r in runs.iterrows():
         stage = r.get("params.stage")
         if isinstance(stage, str) and not np.isnan(r.get("metrics.seconds", np.nan)):
-            out[stage] = out.get(stage, 0.0) + float(r["metrics.seconds"])
+            out.append({"name": stage, **{m: float(r[f"metrics.{m}"]) for m in
+                                          ("seconds", "started_at", "ended_at", "cpu_seconds", "peak_rss_gib")
+                                          if f"metrics.{m}" in r and not np.isnan(r[f"metrics.{m}"])}})
+    return out
+
+
+def stage_figures(records: list[dict], series: list[tuple[float, int, float]]) -> dict[str, dict]:
+    """Per stage name: seconds (summed over its calls), the flow process's CPU seconds and peak RSS
+    (sequential runs), and from the sampled series the process tree's peak RSS and CPU seconds
+    within the stage's time windows (on Dask, stages that overlap share those)."""
+    t = np.array([s[0] for s in series]) if series else np.zeros(0)
+    rss = np.array([s[1] for s in series]) if series else np.zeros(0)
+    cpu = np.array([s[2] for s in series]) if series else np.zeros(0)
+    out: dict[str, dict] = {}
+    for r in records:
+        f = out.setdefault(r["name"], {"seconds": 0.0})
+        f["seconds"] = round(f["seconds"] + r["seconds"], 1)
+        if "cpu_seconds" in r:
+            f["cpu_s"] = round(f.get("cpu_s", 0.0) + r["cpu_seconds"], 1)
+        if "peak_rss_gib" in r:
+            f["peak_rss_flow_gib"] = round(max(f.get("peak_rss_flow_gib", 0.0), r["peak_rss_gib"]), 3)
+        if "started_at" in r and len(t):
+            inside = (t >= r["started_at"]) & (t <= r["ended_at"])
+            if inside.any():
+                f["peak_rss_tree_gib"] = round(max(f.get("peak_rss_tree_gib", 0.0), rss[inside].max() / 2**30), 3)
+                lo, hi = np.searchsorted(t, [r["started_at"], r["ended_at"]])
+                f["cpu_tree_s"] = round(f.get("cpu_tree_s", 0.0) + cpu[min(hi, len(t) - 1)] - cpu[max(lo - 1, 0)], 1)
     return out
 
 
@@ -200,6 +239,7 @@ def audit(path: Path, flipped: np.ndarray, workers: int, epochs: int, scorers: s
     if workers:
         cmd += ["--workers", str(workers)]
     print("$", " ".join(cmd[2:]), f"  (WINNOW_HOME={home})", flush=True)
+    load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
     with open(home / "run.log", "w") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=log, text=True, cwd=home)
@@ -209,11 +249,15 @@ def audit(path: Path, flipped: np.ndarray, workers: int, epochs: int, scorers: s
     if proc.returncode != 0:
         raise SystemExit(f"winnow run failed (exit {proc.returncode}); log: {home / 'run.log'}\n{out}")
     m = re.search(r"MLflow run id: (\w+)", out)
+    figures = stage_figures(stage_records(home, m.group(1)), mem.series) if m else {}
     result = {"n": len(flipped), "workers": workers, "epochs": epochs, "wall_s": round(wall, 1),
+              "cpu_tree_s": round(mem.series[-1][2], 1) if mem.series else None,
               "peak_rss_tree_gib": round(mem.peak_sum / 2**30, 3), "processes_at_peak": mem.peak_procs,
               "peak_rss_one_process_gib": round(mem.peak_max / 2**30, 3),
-              "stages_s": {k: round(v, 1) for k, v in stage_seconds(home, m.group(1)).items()} if m else {},
-              "auroc": scorer_auroc(home, flipped), "home": str(home)}
+              "load_avg_1min": {"start": round(load0, 1), "mean": round(float(np.mean(mem.load)), 1) if mem.load else None,
+                                "max": round(max(mem.load), 1) if mem.load else None},
+              "stages_s": {k: v["seconds"] for k, v in figures.items()}, "stages": figures,
+              "auroc": scorer_auroc(home, flipped), "home": str(home), "command": " ".join(cmd[3:])}
     print(json.dumps(result), flush=True)
     if not keep:
         import shutil

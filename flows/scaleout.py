@@ -289,6 +289,25 @@ def runner_from_args(args) -> Any:
 # ---------------------------------------------------------------- submitting a flow's tasks
 
 
+def reset_peak_rss() -> None:
+    """Start a new peak-resident-memory window for this process (Linux: ``clear_refs`` 5 resets
+    ``VmHWM``); a no-op where the kernel offers no such file."""
+    with contextlib.suppress(OSError):
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+
+
+def peak_rss_metric() -> dict[str, float]:
+    """``{"peak_rss_gib": ...}``: this process's peak resident memory since :func:`reset_peak_rss`
+    (``VmHWM``), or ``{}`` where ``/proc`` does not say."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return {"peak_rss_gib": round(int(line.split()[1]) / 2**20, 3)}
+    return {}
+
+
 class Pending:
     """A stage submitted by :meth:`Stages.submit`: a Prefect future, or (sequential) its value."""
 
@@ -318,7 +337,9 @@ class Stages:
     process, exactly as a plain call. On Dask: :meth:`submit` hands the task to the cluster and
     returns; a :class:`Pending` given as an argument becomes a dependency the cluster resolves;
     :meth:`result` waits. Either way the tasks, their inputs and so their cache keys are the same.
-    ``seconds`` is the task's own run time (on Dask, from its task run; stages then overlap).
+    ``seconds`` is the task's own run time (on Dask, from its task run; stages then overlap);
+    ``metrics`` holds its start and end (epoch seconds) and, run in sequence, the flow process's
+    CPU seconds and peak resident memory during it (``cpu_seconds``, ``peak_rss_gib``).
     """
 
     def __init__(self, parallel: bool | None = None):
@@ -335,11 +356,15 @@ class Stages:
             kwargs = {k: self._value(v) for k, v in kwargs.items()}
             for w in wait_for:
                 self.result(w)
-            t0 = time.perf_counter()
+            t0, cpu0, started = time.perf_counter(), time.process_time(), time.time()
+            reset_peak_rss()
             state = task(*args, return_state=True, **kwargs)
             value = state.result()  # raises the task's exception if it failed
             self.records.append({"name": name, "cached": state.name == "Cached",
-                                 "seconds": round(time.perf_counter() - t0, 3)})
+                                 "seconds": round(time.perf_counter() - t0, 3),
+                                 "metrics": {"started_at": started, "ended_at": time.time(),
+                                             "cpu_seconds": round(time.process_time() - cpu0, 3),
+                                             **peak_rss_metric()}})
             return Pending(name, value=value, resolved=True)
         args = tuple(self._future(a) for a in args)
         kwargs = {k: self._future(v) for k, v in kwargs.items()}
@@ -399,7 +424,11 @@ class Stages:
                                                  sort=TaskRunSort.ID_DESC, limit=len(chunk))
                     for run in runs:
                         if run.state is not None and run.state.is_final() and run.id in todo:
-                            todo.pop(run.id)["seconds"] = round(run.total_run_time.total_seconds(), 3)
+                            rec = todo.pop(run.id)
+                            rec["seconds"] = round(run.total_run_time.total_seconds(), 3)
+                            if run.start_time is not None and run.end_time is not None:
+                                rec["metrics"] = {"started_at": run.start_time.timestamp(),
+                                                  "ended_at": run.end_time.timestamp()}
                 if not todo or time.monotonic() > deadline:
                     break
                 time.sleep(0.5)
