@@ -120,6 +120,19 @@ def write_dataset(path: Path, n: int, dim: int = 512, seed: int = 0, rate: float
 # ---------------------------------------------------------------- measuring a run
 
 
+def _name(proc) -> str:
+    """A short name for a process of the tree (what it runs)."""
+    try:
+        cmd = proc.cmdline()
+    except Exception:  # gone, or not ours to read
+        return "?"
+    text = " ".join(cmd[1:4])
+    for key in ("uvicorn", "prefect", "distributed", "dask", "winnow.flows.cli"):
+        if key in " ".join(cmd):
+            return key if key != "winnow.flows.cli" else "winnow (flow)"
+    return text[:40]
+
+
 class TreeMemory:
     """Resident memory and CPU seconds of a process and all its descendants, sampled every
     ``every`` s: the peaks, and the series (for per-stage figures: :func:`stage_figures`)."""
@@ -129,7 +142,7 @@ class TreeMemory:
 
         self.root, self.every = psutil.Process(pid), every
         self.peak_sum = self.peak_max = 0
-        self.peak_procs = 0
+        self.peak_procs, self.peak_at, self.peak_who = 0, 0.0, []
         self.series: list[tuple[float, int, float]] = []  # (epoch s, tree RSS bytes, tree CPU s)
         self.load: list[float] = []  # 1-min load average, once a second or so
         self._cpu_gone: dict[int, float] = {}  # last CPU seen of each process (kept when it exits)
@@ -156,7 +169,8 @@ class TreeMemory:
                     pass
             if rss:
                 if sum(rss) > self.peak_sum:
-                    self.peak_sum, self.peak_procs = sum(rss), len(rss)
+                    self.peak_sum, self.peak_procs, self.peak_at = sum(rss), len(rss), time.time()
+                    self.peak_who = [(_name(p), r >> 20) for p, r in zip(procs, rss)]
                 self.peak_max = max(self.peak_max, max(rss))
                 self.series.append((time.time(), sum(rss), sum(self._cpu_gone.values())))
             if tick % 4 == 0:
@@ -240,7 +254,7 @@ def audit(path: Path, flipped: np.ndarray, workers: int, epochs: int, scorers: s
         cmd += ["--workers", str(workers)]
     print("$", " ".join(cmd[2:]), f"  (WINNOW_HOME={home})", flush=True)
     load0 = os.getloadavg()[0]
-    t0 = time.perf_counter()
+    t0, t_wall0 = time.perf_counter(), time.time()
     with open(home / "run.log", "w") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=log, text=True, cwd=home)
         with TreeMemory(proc.pid) as mem:
@@ -254,6 +268,9 @@ def audit(path: Path, flipped: np.ndarray, workers: int, epochs: int, scorers: s
               "cpu_tree_s": round(mem.series[-1][2], 1) if mem.series else None,
               "peak_rss_tree_gib": round(mem.peak_sum / 2**30, 3), "processes_at_peak": mem.peak_procs,
               "peak_rss_one_process_gib": round(mem.peak_max / 2**30, 3),
+              "peak_at_s": round(mem.peak_at - t_wall0, 1), "peak_processes_mib": mem.peak_who,
+              # every 8th sample (about 2 s): seconds since start, tree RSS GiB, tree CPU s
+              "series": [(round(t - t_wall0, 1), round(b / 2**30, 3), round(c, 1)) for t, b, c in mem.series[::8]],
               "load_avg_1min": {"start": round(load0, 1), "mean": round(float(np.mean(mem.load)), 1) if mem.load else None,
                                 "max": round(max(mem.load), 1) if mem.load else None},
               "stages_s": {k: v["seconds"] for k, v in figures.items()}, "stages": figures,
@@ -269,19 +286,26 @@ def audit(path: Path, flipped: np.ndarray, workers: int, epochs: int, scorers: s
 # ---------------------------------------------------------------- report
 
 
-STAGE_ORDER = ("ingest", "validate", "commit", "inject-noise", "train", "out-of-sample", "score-loss",
-               "score-aum", "score-confident", "estimate-k", "publish")
+STAGE_ORDER = ("ingest", "validate", "commit", "inject-noise", "train", "out-of-sample-fold", "out-of-sample",
+               "checkpoint-logits", "checkpoint-logits-merge", "score-loss", "score-aum", "score-confident",
+               "estimate-k", "publish")
+
+
+def _f(v, fmt="{:.0f}") -> str:
+    return "" if v is None or (isinstance(v, float) and np.isnan(v)) else fmt.format(v)
 
 
 def markdown(results: list[dict], machine: str) -> str:
-    stages = [s for s in STAGE_ORDER if any(s in r["stages_s"] for r in results)]
-    stages += sorted({s for r in results for s in r["stages_s"]} - set(stages))
-    head = ["N", "Dask workers", "wall s", *stages, "peak RSS (tree) GiB", "largest process GiB"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    """A summary table (one row per run) and, per run, its stages: wall and CPU seconds, peak RSS."""
+    lines = ["| N × 512 | Dask workers | wall s | CPU s (tree) | peak RSS (tree) GiB | largest process GiB | "
+             "load avg (1 min: start / mean / max) | AUROC loss / aum / confident |", "|---|---|---|---|---|---|---|---|"]
     for r in results:
-        lines.append("| " + " | ".join([f"{r['n']:,}", str(r["workers"] or "—"), f"{r['wall_s']:.0f}",
-                                        *[f"{r['stages_s'].get(s, float('nan')):.0f}" for s in stages],
-                                        f"{r['peak_rss_tree_gib']:.2f}", f"{r['peak_rss_one_process_gib']:.2f}"]) + " |")
+        la = r.get("load_avg_1min") or {}
+        au = r.get("auroc", {})
+        lines.append(f"| {r['n']:,} | {r['workers'] or '—'} | {r['wall_s']:.0f} | {_f(r.get('cpu_tree_s'))} | "
+                     f"{r['peak_rss_tree_gib']:.2f} | {r['peak_rss_one_process_gib']:.2f} | "
+                     f"{_f(la.get('start'), '{:.1f}')} / {_f(la.get('mean'), '{:.1f}')} / {_f(la.get('max'), '{:.1f}')} | "
+                     + " / ".join(_f(au.get(k), "{:.3f}") for k in ("loss", "aum", "confident")) + " |")
     # 10^7 on paper: linear in N from the two largest measured N, per worker setting
     for w in sorted({r["workers"] for r in results}):
         by_n = {r["n"]: r for r in results if r["workers"] == w}  # the last run of each N
@@ -289,13 +313,27 @@ def markdown(results: list[dict], machine: str) -> str:
         if len(rs) >= 2:
             a, b = rs[-2], rs[-1]
             f = lambda key: b[key] + (b[key] - a[key]) * (10_000_000 - b["n"]) / (b["n"] - a["n"])  # noqa: E731
-            lines.append(f"| 10,000,000 (extrapolated) | {w or '—'} | {f('wall_s'):.0f} | "
-                         + " | ".join("" for _ in stages) + f" | {f('peak_rss_tree_gib'):.2f} | "
-                         f"{f('peak_rss_one_process_gib'):.2f} |")
-    lines += ["", f"Machine: {machine}.", "",
-              "AUROC against the planted flips: " + "; ".join(
-                  f"N={r['n']:,}, workers {r['workers']}: " + ", ".join(f"{k} {v:.3f}" for k, v in r["auroc"].items())
-                  for r in results)]
+            lines.append(f"| 10,000,000 (extrapolated, linear) | {w or '—'} | {f('wall_s'):.0f} | | "
+                         f"{f('peak_rss_tree_gib'):.2f} | {f('peak_rss_one_process_gib'):.2f} | | |")
+    for r in results:
+        stages = r.get("stages") or {k: {"seconds": v} for k, v in r["stages_s"].items()}
+        names = [s for s in STAGE_ORDER if s in stages] + sorted(set(stages) - set(STAGE_ORDER))
+        lines += ["", f"N = {r['n']:,}, {'Dask, ' + str(r['workers']) + ' workers' if r['workers'] else 'sequential'}: "
+                      f"`winnow {r.get('command', '')}`" + (" --workers " + str(r["workers"]) if r["workers"] and
+                                                            "--workers" not in r.get("command", "") else ""), "",
+                  "| stage | wall s | CPU s (flow process) | CPU s (tree, in the stage's windows) | "
+                  "peak RSS (tree) GiB | peak RSS (flow process) GiB |", "|---|---|---|---|---|---|"]
+        for name in names:
+            st = stages[name]
+            lines.append(f"| {name} | {st['seconds']:.1f} | {_f(st.get('cpu_s'), '{:.1f}')} | "
+                         f"{_f(st.get('cpu_tree_s'), '{:.1f}')} | {_f(st.get('peak_rss_tree_gib'), '{:.2f}')} | "
+                         f"{_f(st.get('peak_rss_flow_gib'), '{:.2f}')} |")
+        staged = sum(st["seconds"] for n_, st in stages.items() if not r["workers"])
+        if not r["workers"]:
+            lines.append(f"| outside the stages (start-up, Prefect server, publish) | {r['wall_s'] - staged:.1f} | | "
+                         f"{_f((r.get('cpu_tree_s') or 0) - sum(st.get('cpu_tree_s', 0) for st in stages.values()), '{:.1f}')}"
+                         f" | | |")
+    lines += ["", f"Machine: {machine}."]
     return "\n".join(lines)
 
 

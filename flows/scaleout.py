@@ -448,6 +448,17 @@ def out_of_sample(run: Stages, train_key, folds: int = 4) -> Pending:
     return run.submit("out-of-sample", stages.merge_out_of_sample, train_key, parts)
 
 
+def checkpoint_logits(run: Stages, train_key, n: int) -> Pending:
+    """Submit the training set's checkpoint logits in shards of ``stages.LOGIT_SHARD_ROWS`` rows
+    (side by side on Dask) and their merge; ``n`` bounds the rows (shards past the end are empty).
+    The scorers that read only those logits (loss, margin, aum, ...) then share one computation."""
+    from winnow.tasks import stages
+
+    parts = [run.submit("checkpoint-logits", stages.checkpoint_logits_shard, train_key, a, b)
+             for a, b in stages.logit_shards(n)]
+    return run.submit("checkpoint-logits-merge", stages.merge_checkpoint_logits, train_key, parts)
+
+
 # ---------------------------------------------------------------- served deployments
 
 #: ``winnow serve --workers N`` / ``--dask ADDRESS`` hand the choice to the flow runs it starts

@@ -163,6 +163,11 @@ def load_staged(batch_id: str, values: bool = True) -> Dataset:
     return from_table(lake.read_parquet(p, columns=[c for c in names if c != "pixels"]))
 
 
+def has_values(path: Path) -> bool:
+    """Whether a batch part has a values column (``pixels``; pred_probs-only batches have none)."""
+    return "pixels" in lake.parquet_schema(path).names
+
+
 def value_blocks(path: Path) -> Iterator[np.ndarray]:
     """The values of a batch part a row group at a time (page checksums verified), each as
     stored, shape (m, *sample_shape); nothing when the part has no values column."""

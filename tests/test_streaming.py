@@ -112,3 +112,27 @@ def test_row_blocks_cover_every_row_once_and_drop_mapped_pages(tmp_path):
     assert blocks.mmap_of(mapped) is not None and blocks.mmap_of(x) is None
     with pytest.raises(ValueError, match="rows must be positive"):
         next(blocks.row_blocks(x, rows=-1))
+
+
+@pytest.mark.slow
+def test_scorers_on_logits_stored_in_shards_equal_those_computed_at_once(prefect_server, fresh_home, tmp_path,
+                                                                        monkeypatch):
+    """The audit stores the checkpoint logits in shards (here 128 rows each, so 600 rows make 5,
+    the last one short) and loss/aum/margin read them: the scores are those of one pass."""
+    from winnow.flows.audit import audit
+    from winnow.tasks import artifacts, stages
+    from winnow.tasks.scorers import get_scorer
+
+    monkeypatch.setattr(stages, "LOGIT_SHARD_ROWS", 128)
+    path = tmp_path / "f.parquet"
+    _features_file(path, n=600)
+    result = audit(dataset="parquet", path=str(path), scorers="loss,aum,margin,confident", epochs=2)
+    names = [r["name"] for r in result.stages]
+    assert names.count("checkpoint-logits") == 5 and "checkpoint-logits-merge" in names
+    ctx, data, _ = stages.load_context(result.run_id)  # nothing stored: computed here, in one pass
+    for name in ("loss", "aum", "margin"):
+        stored = artifacts.load_frame("scores", artifacts.key_of("score", result.run_id, name))["score"].to_numpy()
+        np.testing.assert_array_equal(stored, get_scorer(name)(ctx))
+    assert stages.logit_shards(0) == [(0, 0)] and stages.logit_shards(300, 256) == [(0, 256), (256, 300)]
+    with pytest.raises(ValueError, match="multiple of 128"):
+        stages.logit_shards(300, 100)
