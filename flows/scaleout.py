@@ -18,6 +18,7 @@ Worker processes are ended with the flow run; :func:`end_worker_processes` ends 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -314,6 +315,28 @@ def reset_peak_rss() -> None:
             fh.write("5")
 
 
+def release_freed_memory() -> None:
+    """Hand the heap memory a finished stage freed back to the system (glibc ``malloc_trim``).
+
+    A stage over 10^6 rows builds millions of small objects (ids, frames); freed, glibc keeps
+    most of their pages, and a sequential run's process grew stage after stage (measured: 140 of
+    260 MiB kept after one ``load_context`` at 10^6, returned by a trim). Dask's nanny gives its
+    workers ``MALLOC_TRIM_THRESHOLD_`` for the same reason. A no-op without glibc.
+    """
+    global _LIBC
+    if _LIBC is None:
+        try:
+            _LIBC = ctypes.CDLL("libc.so.6")
+        except OSError:
+            _LIBC = False
+    if _LIBC:
+        with contextlib.suppress(AttributeError):
+            _LIBC.malloc_trim(0)
+
+
+_LIBC = None
+
+
 def peak_rss_metric() -> dict[str, float]:
     """``{"peak_rss_gib": ...}``: this process's peak resident memory since :func:`reset_peak_rss`
     (``VmHWM``), or ``{}`` where ``/proc`` does not say."""
@@ -382,6 +405,7 @@ class Stages:
                                  "metrics": {"started_at": started, "ended_at": time.time(),
                                              "cpu_seconds": round(time.process_time() - cpu0, 3),
                                              **peak_rss_metric()}})
+            release_freed_memory()
             return Pending(name, value=value, resolved=True)
         args = tuple(self._future(a) for a in args)
         kwargs = {k: self._future(v) for k, v in kwargs.items()}
