@@ -145,12 +145,27 @@ def task_runner(workers: int | None = None, address: str | None = None, torch_th
         return runner(address=address, torch_threads=threads)
     if workers < 1:
         raise ValueError(f"--workers must be a positive integer, got {workers}")
+    keep_dynamic_mmap_threshold()
     return runner(cluster_class="distributed.LocalCluster", torch_threads=threads, cluster_kwargs={
         "n_workers": workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None,
         # tasks hold their own memory bounds; Dask's default pausing at 80% of a share of RAM
         # would stall a 2-worker cluster on a shared machine for nothing
         "memory_limit": 0,
     })
+
+
+def keep_dynamic_mmap_threshold() -> None:
+    """Start local Dask workers without ``MALLOC_TRIM_THRESHOLD_`` (Dask's nanny sets it by default).
+
+    Setting it turns off glibc's dynamic mmap threshold: every buffer of 128 KiB or more (a
+    training batch's activations) is then mapped and unmapped on each use. Measured here, one
+    MLP training step (512 × 512) took 2.2 ms of system time and 1,250 page faults instead of
+    0.22 ms and 70 — a third more CPU for every task that trains. Workers of an existing cluster
+    (``--dask``) should be started without it too (``dask worker`` reads the same setting).
+    """
+    import dask
+
+    dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None})
 
 
 def _host_port(address: str) -> tuple[str, int]:
