@@ -210,7 +210,7 @@ def mapped_training_set(batch_id: str):
     p = _batch_file(batch_id)
     if not p.exists():
         raise FileNotFoundError(f"{p}: batch {batch_id} is not in the lake")
-    pf = pq.ParquetFile(p)
+    pf = pq.ParquetFile(p, pre_buffer=False)  # pre-buffered, the reader kept every row group read
     meta = json.loads(pf.schema_arrow.metadata[b"winnow"])
     columns = [c for c in pf.schema_arrow.names if c != "pixels"]
     # without the values column, from_table fills them with zeros the kernel never backs

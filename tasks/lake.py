@@ -144,7 +144,7 @@ def iter_parquet(path: Path, columns: list[str] | None = None) -> Iterator[pa.Re
     if not path.exists():
         raise FileNotFoundError(errno.ENOENT, "file not found", str(path))
     try:
-        pf = pq.ParquetFile(path, page_checksum_verification=True)
+        pf = pq.ParquetFile(path, page_checksum_verification=True, pre_buffer=False)
         for i in range(pf.num_row_groups):
             yield from pf.read_row_group(i, columns=columns).to_batches()
     except (OSError, pa.ArrowException) as exc:

@@ -130,7 +130,9 @@ def _stream_list(path: Path, name: str, n: int, batch_rows: int = 65536, dtype=N
 
     out, inner, row, fh = None, (), 0, None
     try:
-        for batch in pq.ParquetFile(path).iter_batches(columns=[name], batch_size=batch_rows):
+        # pre_buffer off: with it (pyarrow's default) the reader kept every row group it had read —
+        # 2.3 GB resident after iterating a 1.9 GB file's column, 0.6 GB peak without
+        for batch in pq.ParquetFile(path, pre_buffer=False).iter_batches(columns=[name], batch_size=batch_rows):
             part, part_inner = _list_values(batch.column(0), path, name)
             part = part if dtype is None else part.astype(dtype, copy=False)
             if row == 0 and out is None and fh is None:
