@@ -12,10 +12,12 @@ cached) and::
     winnow run --dataset parquet --path F --noise none --model mlp --scorers loss,aum,confident
                --epochs E [--workers W]
 
-The script samples the resident memory of the whole process tree (the CLI, Prefect's temporary
-server, Dask workers) every 0.25 s, reads the per-stage seconds the flow recorded (MLflow nested
-runs) and the detection AUROC of each scorer against the flips it planted, and writes
-``scale.json`` and ``scale.md`` to ``--out``. 10^7 rows are extrapolated from the slope between
+The script samples the resident memory and CPU time of the whole process tree (the CLI,
+Prefect's temporary server, Dask workers) every 0.25 s, with the load average; reads what the flow
+recorded per stage (MLflow nested runs: seconds, start and end, and run in sequence the flow
+process's CPU seconds and peak RSS) and attributes the tree's peak RSS and CPU to each stage's
+time windows; scores each scorer's AUROC against the flips it planted; and writes ``scale.json``
+and ``scale.md`` to ``--out``. 10^7 rows are extrapolated from the slope between
 the two largest N (stated as such). One torch thread per process (``OMP_NUM_THREADS=1``).
 
 Not a test: a run at N = 10^6 takes minutes.
