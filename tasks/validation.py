@@ -239,20 +239,43 @@ def _explain_class_failures(report: CheckReport, classes: pd.DataFrame, min_samp
     return CheckReport(report.suite, report.success, lines, report.results)
 
 
-def validate_batch(ds: Dataset, class_count: int | None = None, min_class_samples: int = MIN_CLASS_SAMPLES,
-                   summaries: Summaries | None = None) -> CheckReport:
-    """Run the batch suite (schema, ids unique and non-null, labels in the class set, values
-    finite and in range, non-empty, at least two classes each with ``min_class_samples``).
-    Raises :class:`ValidationFailed` listing every failure, one line each. ``summaries``: the
-    values' per-sample summaries, computed a block at a time (:func:`value_summaries`) so a large
-    batch's values need not be in memory; default: from ``ds.x``."""
+def check_batch(ds: Dataset, class_count: int | None = None, min_class_samples: int = MIN_CLASS_SAMPLES,
+                summaries: Summaries | None = None, extra: list | None = None, suite: str | None = None) -> CheckReport:
+    """The batch suite, the one validation entry point: ``winnow run``'s validate stage, the
+    export of a cleaned set and the on-arrival batch gate all call it. Raises nothing.
+
+    Checks the schema, ids unique and non-null, labels in the class set, values finite and in
+    range, a non-empty train split, and the class set: at least two classes, each with
+    ``min_class_samples`` (0: any count, as for a batch that adds to accepted data).
+
+    Parameters
+    ----------
+    ds : Dataset
+    class_count : int, optional
+        Classes of the set (default ``ds.num_classes``).
+    summaries : (lo, hi, bad), each shape (n,), optional
+        The values' per-sample summaries, computed a block at a time (:func:`value_summaries`) so
+        a large batch's values need not be in memory; default: from ``ds.x``.
+    extra : list of GX expectations on the per-sample frame, optional
+        Checks a caller adds (the gate's compatibility with the accepted data).
+    suite : str, optional
+        The suite's name in reports (default ``batch-<name>``).
+    """
     classes = class_frame(ds, class_count)
-    report = run_suite(batch_frame(ds, summaries), batch_expectations(ds, class_count), f"batch-{ds.name}",
-                       more=[(classes, class_expectations(min_class_samples))])
+    report = run_suite(batch_frame(ds, summaries), batch_expectations(ds, class_count) + list(extra or []),
+                       suite or f"batch-{ds.name}", more=[(classes, class_expectations(min_class_samples))])
     report = _explain_class_failures(report, classes, min_class_samples, ds)
     # A train split with no samples cannot be audited; GX has no cross-column rule for it.
     if report.success and not np.any(ds.split == "train"):
         report = CheckReport(report.suite, False, ["split has no 'train' rows: nothing to audit"], report.results)
+    return report
+
+
+def validate_batch(ds: Dataset, class_count: int | None = None, min_class_samples: int = MIN_CLASS_SAMPLES,
+                   summaries: Summaries | None = None) -> CheckReport:
+    """:func:`check_batch`, raising :class:`ValidationFailed` (every failure, one line each, and
+    the file or folder the rows came from) when it does not pass."""
+    report = check_batch(ds, class_count, min_class_samples, summaries)
     if not report.success:
         where = ds.meta.get("source")  # the file or folder the rows came from, when they came from one
         raise ValidationFailed(f"{where} (batch {ds.name!r})" if where else f"batch {ds.name!r}", report.failures)
