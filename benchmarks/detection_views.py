@@ -116,6 +116,78 @@ def inject_probe_flips(ckpt_logits: np.ndarray, labels: np.ndarray, rate: float,
     return probe
 
 
+def inject_agreed_flips(ckpt_logits: np.ndarray, labels: np.ndarray, rate: float, seed: int) -> np.ndarray:
+    """Probe labels, version 2: flips only where the run *agrees* with the given label.
+
+    Version 1 (:func:`inject_probe_flips`) drew where the run doubts the given label and flipped to
+    its runner-up class, which is then often the run's own prediction: on CIFAR-10N, where many
+    doubted labels are wrong, the injected label was frequently *right*, and the combiner learned
+    that a low loss means "injected" (AUROC below 0.5). Here a sample is drawn only among those
+    whose given label is the run's argmax (probability ∝ 1 − p̄(given): agreed but ambiguous) and
+    flipped to its runner-up class, so the injected label is wrong unless the run was.
+
+    Returns
+    -------
+    np.ndarray, shape (n,), int64
+    """
+    probs = torch.softmax(torch.as_tensor(ckpt_logits, dtype=torch.float64), -1).mean(0).numpy()
+    rows = np.arange(len(labels))
+    agreed = np.flatnonzero(probs.argmax(1) == labels)
+    doubt = 1.0 - probs[agreed, labels[agreed]] + 1e-3
+    m = min(int(round(rate * len(labels))), len(agreed))
+    chosen = np.random.default_rng(seed + 7).choice(agreed, size=m, replace=False, p=doubt / doubt.sum())
+    other = probs.copy()
+    other[rows, labels] = -1.0
+    probe = labels.copy()
+    probe[chosen] = other[chosen].argmax(1)
+    return probe
+
+
+def run_probe2(setting: str, seed: int, limit: int, arrays) -> tuple[dict, dict]:
+    """Train the version-2 probe run for a stored cell; returns (seconds, probe2 pieces)."""
+    model_kind, x, y_given, _, ids, _, _ = load_setting(setting, seed, limit)
+    if not np.array_equal(y_given, arrays["y_given"]):
+        raise ValueError(f"{setting} seed {seed}: reloaded labels differ from the stored cell (different --limit?)")
+    x = torch.as_tensor(x)
+    cfg = recipe(setting, model_kind, seed)
+    factory = lambda: build_model(model_kind, tuple(x.shape[1:]), 10)  # noqa: E731
+    t0 = time.perf_counter()
+    labels = inject_agreed_flips(arrays["ckpt_logits"], y_given, PROBE_RATE, seed)
+    probe = train_model(factory, x, labels, replace(cfg, seed=cfg.seed + 77), device=CPU)
+    pctx = TrainingContext(x, torch.as_tensor(labels), 10, factory, probe.checkpoints, cfg, ids, seed=seed, device=CPU)
+    pieces = {"probe_labels": labels}
+    pieces.update({f"probe_{k}": v for k, v in run_views(probe.model, pctx.model_at, len(probe.checkpoints), x,
+                                                          uses_tta(setting)).items()})
+    return {"probe2": time.perf_counter() - t0}, pieces
+
+
+def cmd_probe2(args) -> int:
+    """Add the version-2 probe run to stored cells (``<cell>.probe2.npz``)."""
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    for setting in args.settings:
+        for seed in args.seeds:
+            name = f"{setting.replace(':', '__')}__s{seed}"
+            js, side = out / f"{name}.json", out / f"{name}.probe2.npz"
+            if not js.exists() or (side.exists() and not args.refresh):
+                continue
+            info = json.loads(js.read_text())
+            limit = _limit(args, setting)
+            secs, pieces = run_probe2(setting, seed, limit, np.load(out / f"{name}.npz"))
+            np.savez_compressed(out / f"{name}.probe2.tmp.npz", **pieces)
+            (out / f"{name}.probe2.tmp.npz").rename(side)
+            info["seconds"].update(secs)
+            (out / f"{name}.json.tmp").write_text(json.dumps(info, indent=1))
+            (out / f"{name}.json.tmp").rename(js)
+            print(f"# {name}: probe2 {secs['probe2']:.0f}s load {[round(v, 2) for v in __import__('os').getloadavg()]}",
+                  file=sys.stderr, flush=True)
+    return 0
+
+
+def _limit(args, setting: str) -> int:
+    return args.fmnist_limit.get(setting.split(":")[1], 6000) if setting.startswith("fmnist") else args.limit
+
+
 def run_cell(setting: str, seed: int, limit: int, kfold: int) -> tuple[dict, dict]:
     t0 = time.perf_counter()
     model_kind, x, y_given, y_true, ids, tx, ty = load_setting(setting, seed, limit)
@@ -184,8 +256,7 @@ def cmd_run(args) -> int:
             if (out / f"{name}.json").exists() and not args.refresh:
                 continue
             t0 = time.perf_counter()
-            limit = args.fmnist_limit.get(setting.split(":")[1], 6000) if setting.startswith("fmnist") else args.limit
-            info, arrays = run_cell(setting, seed, limit, args.kfold)
+            info, arrays = run_cell(setting, seed, _limit(args, setting), args.kfold)
             info["cell_seconds"] = time.perf_counter() - t0
             info["load_average"] = [round(v, 2) for v in __import__("os").getloadavg()]
             np.savez_compressed(out / f"{name}.tmp.npz", **arrays)
@@ -260,7 +331,20 @@ def cheap_views(pieces: dict, labels: np.ndarray) -> dict[str, np.ndarray]:
     else:  # digits 8×8 and embeddings: no label-preserving augmentation, the plain views stand in
         v["tta-loss"] = v["loss"]
         v["tta-disagree"] = v["loss"]
+    # within the given class (confident learning's per-class thresholds, as a ranking): a class
+    # that is hard for every sample (cat) does not crowd the top of the list
+    for name in ("loss", "aum", "tta-loss"):
+        v[f"{name}-classnorm"] = rank_within_class(v[name], labels)
     return v
+
+
+def rank_within_class(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Each score's rank among the samples with the same given label, in (0, 1]. Shape (n,)."""
+    out = np.zeros(len(scores))
+    for c in np.unique(labels):
+        rows = labels == c
+        out[rows] = rankdata(scores[rows]) / rows.sum()
+    return out
 
 
 def kfold_views(arrays, labels: np.ndarray) -> dict[str, np.ndarray]:
@@ -290,14 +374,15 @@ def _rank01(a: np.ndarray) -> np.ndarray:
     return rankdata(a) / len(a)
 
 
-def learned_combiner(arrays, main: dict, views=COMBINER_VIEWS) -> np.ndarray:
+def learned_combiner(arrays, main: dict, views=COMBINER_VIEWS, probe_source=None) -> np.ndarray:
     """Logistic regression on the probe run's views (target: the flip was injected), applied to
     the audited run's views. Views enter as within-run ranks, so the probe's extra noise does not
     shift their scale."""
     from sklearn.linear_model import LogisticRegression
 
-    probe_labels = arrays["probe_labels"]
-    pieces = {k.removeprefix("probe_"): arrays[k] for k in arrays.files if k.startswith("probe_") and k != "probe_labels"}
+    src = arrays if probe_source is None else probe_source
+    probe_labels = src["probe_labels"]
+    pieces = {k.removeprefix("probe_"): src[k] for k in src.files if k.startswith("probe_") and k != "probe_labels"}
     probe = cheap_views(pieces, probe_labels)
     target = probe_labels != arrays["y_given"]
     xp = np.column_stack([_rank01(probe[v]) for v in views])
@@ -306,7 +391,7 @@ def learned_combiner(arrays, main: dict, views=COMBINER_VIEWS) -> np.ndarray:
     return lr.decision_function(xm)
 
 
-def candidates(arrays) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+def candidates(arrays, probe2=None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Every ranking of a cell and its cost class: 'run' (one training + forward passes), 'probe'
     (one more training), 'kfold' (K-fold models, ~2× a training), 'peer'."""
     y = arrays["y_given"]
@@ -332,11 +417,16 @@ def candidates(arrays) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     add("aum+knn-trusted+tta", ["aum", "knn-pen-trusted", "tta-loss"], "run")
     add("loss+knn-multi+tta", ["loss", "knn-pen-multi", "tta-loss"], "run")
     add("aum+knn+forgetting", ["aum", "knn-pen10", "forgetting"], "run")
+    add("knn-aum-classnorm", ["aum-classnorm", "knn-pen10"], "run")
+    add("knn-aum+tta-classnorm", ["aum-classnorm", "knn-pen10", "tta-loss-classnorm"], "run")
     add("aum+knn+oos", ["aum", "knn-pen10", "oos"], "kfold")
     add("aum+knn+memorisation", ["aum", "knn-pen10", "memorisation"], "kfold")
     add("knn-aum+knn-oos", ["aum", "knn-pen10", "knn-oos"], "kfold")
     out["learned"], cost["learned"] = learned_combiner(arrays, main), "probe"
     out["learned+knn-aum"], cost["learned+knn-aum"] = rank_average([out["learned"], out["knn-aum"]]), "probe"
+    if probe2 is not None:
+        out["learned2"], cost["learned2"] = learned_combiner(arrays, main, probe_source=probe2), "probe"
+        out["learned2+knn-aum"], cost["learned2+knn-aum"] = rank_average([out["learned2"], out["knn-aum"]]), "probe"
     return out, cost
 
 
@@ -350,7 +440,8 @@ def _ms(values) -> str:
 
 def load_cells(out: Path):
     for js in sorted(out.glob("*.json")):
-        yield json.loads(js.read_text()), np.load(js.with_suffix(".npz"))
+        side = js.with_suffix(".probe2.npz")
+        yield json.loads(js.read_text()), np.load(js.with_suffix(".npz")), (np.load(side) if side.exists() else None)
 
 
 def family_of(setting: str) -> str:
@@ -361,11 +452,12 @@ def cmd_analyse(args) -> int:
     metrics = defaultdict(lambda: defaultdict(list))  # setting -> ranker -> [(auroc, p@k)]
     info_by = defaultdict(list)
     cost = {}
-    for info, arrays in load_cells(Path(args.out)):
+    for info, arrays, probe2 in load_cells(Path(args.out)):
         s = info["setting"]
         info_by[s].append(info)
         flipped = arrays["flipped"]
-        scores, cost = candidates(arrays)
+        scores, c = candidates(arrays, probe2)
+        cost.update(c)
         for name, sc in scores.items():
             m = detection_metrics(sc, flipped, int(flipped.sum()))
             metrics[s][name].append((m["auroc"], m["precision_at_k"]))
@@ -373,7 +465,8 @@ def cmd_analyse(args) -> int:
         print(f"no cells in {args.out}", file=sys.stderr)
         return 1
     settings = sorted(metrics)
-    rankers = list(next(iter(metrics.values())))
+    # a ranker counts only where every cell has it (learned2 needs the probe2 step)
+    rankers = [r for r in cost if all(len(metrics[s][r]) == len(info_by[s]) for s in settings)]
 
     def mean(s, r, i):
         return float(np.mean([v[i] for v in metrics[s][r]]))
@@ -399,6 +492,11 @@ def cmd_analyse(args) -> int:
         there = {r: np.mean([score[s][r] for s in test]) for r in eligible}
         best = max(there, key=there.get)
         print(f"| {held} | `{pick}` | {there[pick]:.3f} | {there['knn-aum']:.3f} | `{best}` {there[best]:.3f} |")
+    overall = {r: np.mean([np.mean([score[s][r] for s in settings if family_of(s) == f]) for f in families])
+               for r in eligible}
+    top = sorted(overall, key=overall.get, reverse=True)[:8]
+    print("\nOn all data sets (mean over data sets of the mean AUROC + P@k of their settings): "
+          + ", ".join(f"`{r}` {overall[r]:.3f}" for r in top) + f"; `knn-aum` {overall['knn-aum']:.3f}")
     head = [args.detector, "knn-aum", "loss", "cleanlab-quality", "cleanlab-issues"]
     print(f"\n## Headline: `{args.detector}` beside the peers (AUROC / P@k, mean ± std over seeds)\n")
     print("| setting | n | noisy acc | " + " | ".join(f"`{r}`" for r in head)
@@ -432,14 +530,21 @@ def main(argv=None) -> int:
     r.add_argument("--kfold", type=int, default=3)
     r.add_argument("--refresh", action="store_true")
     r.add_argument("--threads", type=int, default=1)
+    p = sub.add_parser("probe2")
+    p.add_argument("--out", default="data/detection_views")
+    p.add_argument("--settings", nargs="+", required=True)
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--limit", type=int, default=4000)
+    p.add_argument("--refresh", action="store_true")
+    p.add_argument("--threads", type=int, default=1)
     a = sub.add_parser("analyse")
     a.add_argument("--out", default="data/detection_views")
     a.add_argument("--detector", default="knn-aum", help="the ranker of the headline table")
     args = ap.parse_args(argv)
-    if args.cmd == "run":
+    if args.cmd in ("run", "probe2"):
         # Fashion-MNIST sizes of the real-noise benchmark: 6,000 (instance-dependent), 3,000 otherwise
         args.fmnist_limit = {"instance-dependent": 6000, "symmetric": 3000, "class-pair": 3000}
-    return {"run": cmd_run, "analyse": cmd_analyse}[args.cmd](args)
+    return {"run": cmd_run, "probe2": cmd_probe2, "analyse": cmd_analyse}[args.cmd](args)
 
 
 if __name__ == "__main__":
