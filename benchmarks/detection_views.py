@@ -440,12 +440,29 @@ def _ms(values) -> str:
 
 def load_cells(out: Path):
     for js in sorted(out.glob("*.json")):
-        side = js.with_suffix(".probe2.npz")
+        side = js.with_name(js.stem + ".probe2.npz")
         yield json.loads(js.read_text()), np.load(js.with_suffix(".npz")), (np.load(side) if side.exists() else None)
 
 
 def family_of(setting: str) -> str:
     return setting.split(":")[0]
+
+
+def cached_candidates(out: Path, info: dict, arrays, probe2) -> tuple[dict, dict]:
+    """:func:`candidates` of a cell, kept in ``<cell>.scores.npz`` (recomputed when this script,
+    the cell or its probe2 file is newer), so a rerun of the analysis takes seconds."""
+    name = f"{info['setting'].replace(':', '__')}__s{info['seed']}"
+    cache = out / f"{name}.scores.npz"
+    inputs = [out / f"{name}.npz", out / f"{name}.probe2.npz", Path(__file__)]
+    newest = max(p.stat().st_mtime for p in inputs if p.exists())
+    if cache.exists() and cache.stat().st_mtime > newest:
+        with np.load(cache) as z:
+            cost = json.loads(str(z["__cost__"]))
+            return {k: z[k] for k in z.files if k != "__cost__"}, cost
+    scores, cost = candidates(arrays, probe2)
+    np.savez(out / f"{name}.scores.tmp.npz", __cost__=json.dumps(cost), **scores)
+    (out / f"{name}.scores.tmp.npz").rename(cache)
+    return scores, cost
 
 
 def cmd_analyse(args) -> int:
@@ -456,7 +473,7 @@ def cmd_analyse(args) -> int:
         s = info["setting"]
         info_by[s].append(info)
         flipped = arrays["flipped"]
-        scores, c = candidates(arrays, probe2)
+        scores, c = cached_candidates(Path(args.out), info, arrays, probe2)
         cost.update(c)
         for name, sc in scores.items():
             m = detection_metrics(sc, flipped, int(flipped.sum()))
