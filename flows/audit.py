@@ -21,7 +21,7 @@ from winnow.flows.scaleout import Pending, out_of_sample
 from winnow.tasks import artifacts, lake, noise_rate, stages
 from winnow.tasks.metrics import detection_metrics
 from winnow.tasks.plots import detection_curves
-from winnow.tasks.remedies import DEFAULT_REMEDY, REMEDIES
+from winnow.tasks.remedies import DEFAULT_REMEDY, NEEDS_OOS, REMEDIES
 from winnow.tasks.scorers import default_scorers, parse_scorer_list
 from winnow.tasks.settings import paths
 from winnow.tasks.tracking import log_audit
@@ -94,7 +94,7 @@ def audit(dataset: str = "digits", path: str | None = None, limit: int | None = 
     noise_key = run("inject-noise", stages.inject_noise, data_id, noise, rate, seed)
     train_key = run("train", stages.train, data_id, noise_key, model, config)
 
-    needs_oos = noise == "none" or prune_k is None or bool(OOS_SCORERS & set(names)) or remedy in ("relabel", "select")
+    needs_oos = noise == "none" or prune_k is None or bool(OOS_SCORERS & set(names)) or remedy in NEEDS_OOS
     # submitted side by side on Dask (--workers/--dask): the folds, then the scorers and the k estimate
     oos_key = (train_key if model == stages.GIVEN_PROBS
                else out_of_sample(run, train_key) if needs_oos else None)

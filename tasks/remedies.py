@@ -8,6 +8,8 @@ input is still useful). The alternatives keep the inputs:
 * ``prune`` — drop the flagged rows (the seed paper's protocol).
 * ``relabel`` — give each flagged row the out-of-sample consensus label (the argmax of the fold
   models that never saw it) where that consensus is confident, drop it otherwise.
+* ``relabel-other`` — give each flagged row the most probable class other than its given label
+  (the flag says the given one is wrong); nothing is dropped.
 * ``weight`` — keep every row, draw flagged rows less often: a seeded resample of n rows with
   probability ∝ weight (the training loop has no per-sample loss weights; resampling is the
   unbiased equivalent in expectation).
@@ -36,7 +38,9 @@ from typing import Callable
 
 import numpy as np
 
-REMEDIES = ("select", "prune", "relabel", "weight", "semi", "gce")
+REMEDIES = ("select", "prune", "relabel", "relabel-other", "weight", "semi", "gce")
+#: the remedies that read the out-of-sample probabilities (the audit computes them when asked for one)
+NEEDS_OOS = ("select", "relabel", "relabel-other")
 #: what ``winnow run`` does with the flags unless ``--remedy`` says otherwise
 DEFAULT_REMEDY = "select"
 #: the remedies ``select`` compares with ``none`` (fixed before any measurement of it; each costs
@@ -120,6 +124,30 @@ def relabel(labels, flags, probs, min_confidence: float = 0.5) -> TrainingPlan:
     new = np.where(change, consensus, labels)
     rows = np.flatnonzero(keep)
     return TrainingPlan(rows, new[rows], int(change.sum()), int((~keep).sum()))
+
+
+def relabel_other(labels, flags, probs) -> TrainingPlan:
+    """Flagged rows take the most probable class *other than* their given label; none is dropped.
+
+    A flag says "this label is wrong"; given that, the best guess of the true class is the
+    out-of-sample posterior renormalised over the other classes, i.e. its argmax with the given
+    label excluded. Where the model itself believes the wrong label (instance-dependent and human
+    noise flip to the class a sample most resembles), plain ``relabel`` keeps or drops the row and
+    this one names the runner-up class, which is where the true class mostly is.
+
+    Parameters
+    ----------
+    labels : shape (n,), int
+    flags : shape (n,), bool
+    probs : shape (n, C) — out-of-sample probabilities
+    """
+    labels, flags, probs = _check(labels, flags, probs)
+    if probs.shape[1] < 2:
+        raise ValueError("relabel-other needs at least 2 classes")
+    others = probs.copy()
+    others[np.arange(len(labels)), labels] = -np.inf
+    new = np.where(flags, others.argmax(1), labels)
+    return TrainingPlan(np.arange(len(labels)), new, int(flags.sum()), 0)
 
 
 def weight(labels, flags, seed: int, suspect_weight: float = 0.25) -> TrainingPlan:
@@ -317,6 +345,10 @@ def train_with_remedy(remedy: str, labels, flags, probs, seed: int, train_fn: Tr
         if p is None:
             raise ValueError("remedy 'relabel' needs the out-of-sample probabilities")
         local = relabel(y, f, p)
+    elif remedy == "relabel-other":
+        if p is None:
+            raise ValueError("remedy 'relabel-other' needs the out-of-sample probabilities")
+        local = relabel_other(y, f, p)
     elif remedy == "weight":
         local = weight(y, f, seed)
     else:  # semi: a model on the unflagged rows pseudo-labels the flagged ones

@@ -461,7 +461,7 @@ def retrain(train_key: str, label: str, score_key: str | None, k: int, clean: bo
 
     if remedy not in remedies.REMEDIES:
         raise ValueError(f"unknown remedy {remedy!r}; choose one of {', '.join(remedies.REMEDIES)}")
-    if remedy in ("relabel", "select") and oos_key is None and score_key is not None and k > 0:
+    if remedy in remedies.NEEDS_OOS and oos_key is None and score_key is not None and k > 0:
         raise ValueError(f"remedy {remedy!r} needs the out-of-sample probabilities (oos_key)")
     ctx, data, meta = load_context(train_key)
     flags = np.zeros(ctx.n, dtype=bool)
@@ -471,7 +471,7 @@ def retrain(train_key: str, label: str, score_key: str | None, k: int, clean: bo
     y = data.train.label if clean else data.noisy
     if not flags.any():
         remedy = "prune"  # nothing flagged: every remedy is the plain retrain
-    probs = artifacts.load_torch("oos", oos_key).numpy() if oos_key is not None and remedy in ("relabel", "select") else None
+    probs = artifacts.load_torch("oos", oos_key).numpy() if oos_key is not None and remedy in remedies.NEEDS_OOS else None
 
     def train_fn(rows, labels, loss_fn):
         return ctx.train(ctx.rows.subset(rows), torch.as_tensor(labels), keep_checkpoints=False, loss_fn=loss_fn).model

@@ -120,3 +120,52 @@ def test_select_reuses_the_out_of_sample_pass_as_no_change():
         remedies.train_with_remedy("burn", y, np.zeros(len(y), bool), None, 0, train_fn, predict_fn)
     with pytest.raises(ValueError, match="needs the out-of-sample"):
         remedies.train_with_remedy("relabel", y, np.ones(len(y), bool), None, 0, train_fn, predict_fn)
+
+
+# ---------------------------------------------------------------- the injection-corrected noise count
+
+
+def test_inject_flips_moves_exactly_the_requested_rows_to_other_classes():
+    from winnow.tasks import noise_rate
+
+    labels = np.random.default_rng(0).integers(0, 4, 500)
+    out = noise_rate.inject_flips(labels, 4, 0.1, seed=3)
+    assert int((out != labels).sum()) == 50 and out.min() >= 0 and out.max() < 4
+    assert np.array_equal(out, noise_rate.inject_flips(labels, 4, 0.1, seed=3))
+    with pytest.raises(ValueError, match="rate"):
+        noise_rate.inject_flips(labels, 4, 0.0, seed=0)
+    with pytest.raises(ValueError, match="num_classes"):
+        noise_rate.inject_flips(labels, 3, 0.1, seed=0)
+
+
+def test_injection_corrects_an_estimator_that_counts_a_fixed_share():
+    """A model that puts 0.7 on the true class: `expected` then counts 0.6 of the wrong labels,
+    and its response to the injected flips reveals that share."""
+    from winnow.tasks import noise_rate
+
+    rng = np.random.default_rng(1)
+    n, c = 4000, 4
+    truth = rng.integers(0, c, n)
+    given = noise_rate.inject_flips(truth, c, 0.25, seed=9)
+    probs = np.full((n, c), 0.1)
+    probs[np.arange(n), truth] = 0.7
+    wrong = int((given != truth).sum())
+    plain = noise_rate.expected_count(given, probs)
+    assert plain == pytest.approx(0.6 * wrong, rel=0.02)
+    # the retrained model sees the same inputs, so its probabilities are the same
+    corrected = noise_rate.injected_slope_count(given, probs, probs, 0.1, seed=5)
+    assert corrected == pytest.approx(wrong, rel=0.05)
+    with pytest.raises(ValueError, match="base must be"):
+        noise_rate.injected_slope_count(given, probs, probs, 0.1, base="guess")
+
+
+def test_relabel_other_names_the_runner_up_class_of_flagged_rows_only():
+    labels = np.array([0, 1, 2, 0])
+    flags = np.array([True, True, False, False])
+    probs = np.array([[0.6, 0.1, 0.3], [0.2, 0.7, 0.1], [0.1, 0.1, 0.8], [0.1, 0.8, 0.1]])
+    plan = remedies.relabel_other(labels, flags, probs)
+    # row 0: the model agrees with the (flagged) label, the runner-up is class 2; row 3 is not flagged
+    assert plan.labels.tolist() == [2, 0, 2, 0] and plan.rows.tolist() == [0, 1, 2, 3]
+    assert plan.changed == 2 and plan.dropped == 0
+    with pytest.raises(ValueError, match="probs must have shape"):
+        remedies.relabel_other(labels, flags, probs[:2])
