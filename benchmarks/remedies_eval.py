@@ -112,16 +112,29 @@ def cmd_remedies(args) -> int:
                 rnd = np.zeros(len(y_given), dtype=bool)
                 rnd[np.random.default_rng(seed).choice(len(y_given), size=k, replace=False)] = True
                 outcome = remedies.train_with_remedy("prune", y_given, rnd, probs, seed, train_fn, predict_fn)
-            else:  # select reuses the cell's out-of-sample pass as its `none` candidate (same folds)
+            elif name == "select":
+                # the cell's out-of-sample pass is its `none` candidate (same folds); the final model
+                # of a choice is the standalone remedy's (same plan, recipe, seed), so it is not
+                # trained again, and the per-sample held-out correctness is stored so that the
+                # report can apply the choice rule (and show a variant) without retraining
                 outcome = remedies.train_with_remedy(name, y_given, flags, probs, seed, train_fn, predict_fn,
-                                                     folds=_oos_folds(y_given, seed) if name == "select" else None)
-            done[name] = {"acc": accuracy(outcome.model, tx, ty), "applied": outcome.applied,
-                          "holdout": outcome.holdout_accuracy, "seconds": time.perf_counter() - t0,
-                          "changed": outcome.plan.changed, "dropped": outcome.plan.dropped}
+                                                     folds=_oos_folds(y_given, seed), train_final=False)
+                sel = js.with_name(js.name.replace(".json", ".select.npz"))
+                np.savez_compressed(sel.with_suffix(".tmp.npz"), fold_of=outcome.fold_of,
+                                    **{f"correct/{c}": v for c, v in outcome.holdout_correct.items()})
+                sel.with_suffix(".tmp.npz").rename(sel)
+                done[name] = {"applied": outcome.applied, "holdout": outcome.holdout_accuracy,
+                              "seconds": time.perf_counter() - t0}
+            else:
+                outcome = remedies.train_with_remedy(name, y_given, flags, probs, seed, train_fn, predict_fn)
+            if name != "select":
+                done[name] = {"acc": accuracy(outcome.model, tx, ty), "applied": outcome.applied,
+                              "seconds": time.perf_counter() - t0, "changed": outcome.plan.changed,
+                              "dropped": outcome.plan.dropped}
             tmp = res_path.with_suffix(".tmp")
             tmp.write_text(json.dumps(res, indent=1))
             tmp.rename(res_path)
-            print(f"# {js.stem} {name}: {done[name]['acc']:.3f} ({outcome.applied}) noisy {res['noisy']:.3f} "
+            print(f"# {js.stem} {name}: {done[name].get('acc', float('nan')):.3f} ({outcome.applied}) noisy {res['noisy']:.3f} "
                   f"oracle {res['oracle']:.3f}, {done[name]['seconds']:.0f}s", file=sys.stderr, flush=True)
     return 0
 
@@ -213,6 +226,25 @@ def cmd_estimators(args) -> int:
     return 0
 
 
+def _select_from_stored(js: Path, done: dict, noisy: float) -> None:
+    """Apply the choice rule to a cell's stored held-out correctness: ``select`` (the rule of
+    ``remedies.choose_on_holdout``: McNemar and every fold) and ``select-pooled`` (McNemar alone);
+    the chosen candidate's test accuracy is its standalone run's (the same training)."""
+    sel = js.with_name(js.name.replace(".json", ".select.npz"))
+    if not sel.exists():
+        done.pop("select", None)
+        return
+    z = np.load(sel)
+    correct = {k.removeprefix("correct/"): z[k] for k in z.files if k.startswith("correct/")}
+    for name, fold_of in (("select", z["fold_of"]), ("select-pooled", None)):
+        choice, acc = remedies.choose_on_holdout(correct, fold_of=fold_of)
+        test_acc = noisy if choice == "none" else done.get(choice, {}).get("acc")
+        if test_acc is None:
+            done.pop(name, None)
+            continue
+        done[name] = {"acc": test_acc, "applied": choice, "holdout": acc}
+
+
 def cmd_report(args) -> int:
     out = Path(args.out)
     key = f"{args.detector}|{args.estimator}"
@@ -222,12 +254,14 @@ def cmd_report(args) -> int:
         if res_path.exists():
             res = json.loads(res_path.read_text())
             if key in res:
+                _select_from_stored(js, res[key], res["noisy"])
                 table[info["setting"]].append(res)
-    names = [r for r in REMEDIES if any(r in res[key] for rs in table.values() for res in rs)]
+    names = [r for r in REMEDIES[:1] + ["select-pooled"] + REMEDIES[1:]
+             if any(r in res[key] for rs in table.values() for res in rs)]
     print(f"Remedies on the top k̂ of `{args.detector}` (k̂ = `{args.estimator}`): test accuracy mean ± std over "
           "seeds, (fraction of the noisy → oracle gap recovered, from the means; `nan`: oracle ≤ noisy)\n")
-    print("| setting | seeds | flag precision | noisy | oracle | " + " | ".join(names) + " |\n|---|---|---|---|---|"
-          + "---|" * len(names))
+    print("| setting | seeds | flag precision | noisy | oracle | gap ± se | " + " | ".join(names)
+          + " |\n|---|---|---|---|---|---|" + "---|" * len(names))
     choices = defaultdict(lambda: defaultdict(int))
     for s in sorted(table):
         rs = table[s]
@@ -245,13 +279,21 @@ def cmd_report(args) -> int:
                     if n in r[key]:
                         choices[s][r[key][n]["applied"]] += 1
         prec = _ms([r[key]["flag_precision"] for r in rs], ".2f")
+        gaps = np.array([r["oracle"] - r["noisy"] for r in rs])
+        se = gaps.std(ddof=1) / np.sqrt(len(gaps)) if len(gaps) > 1 else float("inf")
+        testable = "" if gaps.mean() > 2 * se else " (untestable)"
         print(f"| {s} | {len(rs)} | {prec} | {_ms([r['noisy'] for r in rs])} | {_ms([r['oracle'] for r in rs])} | "
-              + " | ".join(cols) + " |")
+              f"{gaps.mean():+.3f} ± {se:.3f}{testable} | " + " | ".join(cols) + " |")
     if choices:
-        print("\n`select`'s choice per seed (held-out given labels):\n")
-        print("| setting | chosen |\n|---|---|")
+        print("\n`select` per setting: its choice per seed (cross-validated accuracy on the given labels), and "
+              "its test accuracy minus the unchanged (noisy) model's, per seed\n")
+        print("| setting | chosen | select − noisy (mean, min over seeds) | seeds below noisy |\n|---|---|---|---|")
         for s in sorted(choices):
-            print(f"| {s} | " + ", ".join(f"{c} ×{n}" for c, n in sorted(choices[s].items())) + " |")
+            d = np.array([r[key]["select"]["acc"] - r["noisy"] for r in table[s] if "select" in r[key]])
+            if d.size == 0:
+                continue
+            print(f"| {s} | " + ", ".join(f"{c} ×{n}" for c, n in sorted(choices[s].items()))
+                  + f" | {d.mean():+.3f}, {d.min():+.3f} | {int((d < -1e-9).sum())} of {len(d)} |")
     return 0
 
 
