@@ -169,3 +169,18 @@ def test_relabel_other_names_the_runner_up_class_of_flagged_rows_only():
     assert plan.changed == 2 and plan.dropped == 0
     with pytest.raises(ValueError, match="probs must have shape"):
         remedies.relabel_other(labels, flags, probs[:2])
+
+
+def test_choose_on_holdout_with_folds_needs_every_fold_to_agree():
+    rng = np.random.default_rng(0)
+    base = rng.random(600) < 0.5
+    fold_of = np.repeat([0, 1, 2], 200)
+    better = base.copy()
+    better |= rng.random(600) < 0.4  # wins in every fold
+    assert remedies.choose_on_holdout({"none": base, "prune": better}, fold_of=fold_of)[0] == "prune"
+    worse_in_2 = better.copy()
+    worse_in_2[400:] = base[400:] & (rng.random(200) < 0.8)  # ... but loses fold 2: training noise
+    assert remedies.choose_on_holdout({"none": base, "prune": worse_in_2})[0] == "prune"  # pooled alone says yes
+    assert remedies.choose_on_holdout({"none": base, "prune": worse_in_2}, fold_of=fold_of)[0] == "none"
+    with pytest.raises(ValueError, match="fold_of must have shape"):
+        remedies.choose_on_holdout({"none": base, "prune": better}, fold_of=fold_of[:10])
