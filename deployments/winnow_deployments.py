@@ -11,33 +11,23 @@ server in ``PREFECT_API_URL``; flow runs execute in that process's machine, one 
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect.deployments.runner import EntrypointType
 from prefect.events import DeploymentEventTrigger
 
 from winnow.flows.audit import audit
-from winnow.flows.operate import ARRIVAL_EVENT, on_arrival
+from winnow.flows.on_arrival import ARRIVAL_EVENT, on_arrival
 from winnow.tasks.gates import GateConfig
-
-GATE_TOML = Path(__file__).with_name("gate.toml")
-
-
-def _settings(path: str | Path | None) -> tuple[dict, int]:
-    """Gate thresholds and the canary count from the TOML (the file's [gate] table)."""
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
-    p = Path(path) if path else GATE_TOML
-    data = tomllib.loads(p.read_text())
-    return GateConfig.from_mapping(data.get("gate", {})).as_dict(), int(data.get("canaries", 0))
 
 
 def build(epochs: int | None = None, canaries: int | None = None, gate_config: str | None = None) -> list:
-    """The two deployments (module entrypoints, so the installed package is what runs)."""
-    gate, default_canaries = _settings(gate_config)
-    arrival_params = {"gate": gate, "canaries_n": default_canaries if canaries is None else canaries}
+    """The two deployments (module entrypoints, so the installed package is what runs).
+
+    The gate settings are loaded once, here (shipped defaults, then ``gate_config``'s keys, then
+    ``canaries``), and travel as the on-arrival deployment's ``gate`` parameter, where the UI shows
+    them and a run can override them.
+    """
+    gate = GateConfig.load(gate_config).with_overrides(canaries=canaries)
+    arrival_params = {"gate": gate.as_dict()}
     audit_params = {}
     if epochs is not None:
         arrival_params["epochs"] = audit_params["epochs"] = epochs

@@ -16,7 +16,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.context import get_run_context
 
-from winnow.flows.scaleout import Stages as _Stages  # noqa: F401 (explain imports it from here)
+from winnow.flows.scaleout import Stages
 from winnow.flows.scaleout import Pending, out_of_sample
 from winnow.tasks import artifacts, lake, noise_rate, stages
 from winnow.tasks.metrics import detection_metrics
@@ -80,7 +80,7 @@ def audit(dataset: str = "digits", path: str | None = None, limit: int | None = 
     if remedy not in REMEDIES:
         raise ValueError(f"--remedy {remedy!r} is not one of {', '.join(REMEDIES)}")
     opts = stages.InputOptions(**(inputs or {}))
-    run = _Stages()
+    run = Stages()
 
     info = run("ingest", stages.ingest, dataset, path, limit, stages.source_fingerprint(dataset, path), opts.as_dict())
     batch_id = info["batch_id"]

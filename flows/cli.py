@@ -113,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Flow modules that bring their own subcommands: each defines ``add_commands(subparsers)``
 # returning {name: handler(args) -> exit code}. Listed here, in one place.
-PLUGINS = ("winnow.flows.benchmark", "winnow.flows.operate", "winnow.flows.explain", "winnow.flows.doctor")
+PLUGINS = ("winnow.flows.benchmark", "winnow.flows.arrival_commands", "winnow.flows.watch", "winnow.flows.review_app",
+           "winnow.flows.explain", "winnow.flows.doctor")
 
 
 def _plugin_modules():

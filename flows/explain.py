@@ -25,7 +25,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.context import get_run_context
 
-from winnow.flows.audit import _Stages
+from winnow.flows.scaleout import Stages
 from winnow.tasks import artifacts, lake, stages
 from winnow.tasks import explain_stages as es
 from winnow.tasks.explain_report import CHECKS, checks_markdown, explanation_pngs
@@ -37,7 +37,7 @@ NO_RUN = "no run '{}' in the lake (see `winnow sql \"SELECT * FROM runs\"`)"
 
 @dataclass
 class ExplainResult:
-    run_id: str  # the lake run id (training key) that was explained
+    run_id: str  # the lake run id that was explained (an audit's training key, an arrival's run id)
     mlflow_run_id: str  # the explain parent run
     flow_run_id: str
     scorer: str
@@ -57,29 +57,43 @@ def _has_table(name: str) -> bool:
 
 
 def resolve_run(run: str) -> dict:
-    """The ``runs`` row of a lake run id or an MLflow run id (the latest flow run of it).
+    """The ``runs`` row of a run to explain, with ``model_key``: the training that made its scores.
+
+    Every run kind is accepted: an audit (``winnow run``, injected noise), a real-data audit
+    (``--noise none``) and an arrival (``on-arrival`` / ``winnow gate``), by lake run id, MLflow
+    run id, or for arrivals also the batch id or flow run id.
 
     Raises
     ------
     ValueError
-        If no such run is in the lake, or it has no trained model to explain.
+        If no such run is in the lake, or it has no trained model to explain (a run on given
+        probabilities, or an arrival stopped by the batch gate before training).
     """
     run = str(run).strip()
     rows = pd.DataFrame()
     if run and _has_table("runs"):
         con = lake.connect()
         try:
-            rows = con.execute("SELECT * FROM runs WHERE run_id = ? OR mlflow_run_id = ? "
-                               "ORDER BY created_at DESC NULLS LAST", [run, run]).df()
+            rows = con.execute("SELECT * FROM runs WHERE run_id = ? OR mlflow_run_id = ? OR flow_run_id = ? "
+                               "OR batch_id = ? ORDER BY created_at DESC NULLS LAST", [run] * 4).df()
         finally:
             con.close()
     if rows.empty:
         raise ValueError(NO_RUN.format(run))
     row = rows.iloc[0].to_dict()
-    if not artifacts.path("train", row["run_id"], ".json").exists():
-        raise ValueError(f"run '{run}' ({row.get('flow', '?')} flow) has no trained model under {paths().home}; "
-                         f"`winnow explain` explains audit runs (`winnow run`)")
-    return row
+    kind = "arrival" if row.get("flow") == "on-arrival" else "audit"
+    model_key = row["run_id"]
+    if kind == "arrival":
+        model_key = row.get("train_key")
+        model_key = str(model_key) if isinstance(model_key, str) else ""  # NULL in parts written before it
+    if not model_key or not artifacts.path("train", model_key, ".json").exists():
+        why = ("its batch was refused before anything was trained" if kind == "arrival" and not model_key
+               else f"its trained model is not under {paths().home}")
+        raise ValueError(f"run '{run}' ({row.get('flow', '?')} flow) has nothing to explain: {why}")
+    if artifacts.load_json("train", model_key)["model"] == stages.GIVEN_PROBS:
+        raise ValueError(f"run '{run}' was audited from given pred_probs: there is no model to explain; "
+                         f"audit the images or features themselves to get explanations")
+    return row | {"model_key": model_key, "kind": kind}
 
 
 def _lake_has_scores(run_id: str, scorer: str) -> bool:
@@ -111,7 +125,7 @@ def explain(run_id: str, top: int = 16, scorer: str | None = None, baseline: str
     Parameters
     ----------
     run_id : str
-        Lake run id or MLflow run id of an audit run.
+        Lake run id or MLflow run id of any run (for an arrival also its batch or flow run id).
     top : int
         How many of the most suspicious training samples to explain.
     scorer : str, optional
@@ -129,58 +143,69 @@ def explain(run_id: str, top: int = 16, scorer: str | None = None, baseline: str
     log = get_run_logger()
     _check_args(top, baseline, rtol, max_steps, vae_epochs, vae_latent, contrastive_n, eval_n)
     info = resolve_run(run_id)
-    key = info["run_id"]
+    key, scored_run = info["model_key"], info["run_id"]  # the training, and the run whose scores rank
     scorer = scorer or default_scorer(info)
-    run = _Stages()
+    run = Stages()
     meta = artifacts.load_json("train", key)
 
     score_key = None
-    if not _lake_has_scores(key, scorer):
+    if not _lake_has_scores(scored_run, scorer):
         from winnow.tasks.scorers import parse_scorer_list
 
         parse_scorer_list(scorer)  # a clear error for an unknown name
         oos = run("out-of-sample", stages.out_of_sample, key) if scorer in ("confident", "ensemble") else None
         score_key = run(f"score-{scorer}", stages.score, key, scorer, oos)
-    ids = es.flagged_sample_ids(key, scorer, top, score_key)
-    log.info("explaining the top %d of run %s by %s", len(ids), key, scorer)
+    # an arrival's pool holds our canaries: they are not what the reviewer was asked about
+    skip = es.planted_canaries(key) if info["kind"] == "arrival" else set()
+    ids = es.flagged_sample_ids(scored_run, scorer, top, score_key, skip=skip)
+    log.info("explaining the top %d of %s run %s by %s", len(ids), info["kind"], scored_run, scorer)
 
     ig_key = run("explain-ig", es.explain_ig, key, ids, baseline, rtol, max_steps)
-    vae_key = run("explain-vae", es.train_explainer_vae, meta["batch_id"], vae_latent, 256, vae_epochs, seed)
-    cf_key = run("explain-counterfactuals", es.explain_counterfactuals, key, ids, vae_key)
-    contrastive = run("explain-contrastive", es.contrastive_check, key, vae_key, contrastive_n, 1.0, seed)
+    # the counterfactual generator is a VAE over images; other inputs get IG alone
+    images = len(meta.get("shape") or ()) == 3
+    if images:
+        vae_key = run("explain-vae", es.train_explainer_vae, meta["batch_id"], vae_latent, 256, vae_epochs, seed)
+        cf_key = run("explain-counterfactuals", es.explain_counterfactuals, key, ids, vae_key)
+        contrastive = run("explain-contrastive", es.contrastive_check, key, vae_key, contrastive_n, 1.0, seed)
+    else:
+        log.info("samples of shape %s are not images: IG only, no latent counterfactuals", tuple(meta["shape"]))
     edda_out = run("explain-edda", es.edda_check, key, eval_n, 0.1, 32, seed) if edda else None
 
     t0 = time.perf_counter()
-    ig, cf = artifacts.load_torch("explain-ig", ig_key), artifacts.load_torch("explain-cf", cf_key)
-    vae_meta = artifacts.load_json("vae", vae_key)
+    ig = artifacts.load_torch("explain-ig", ig_key)
+    cf = artifacts.load_torch("explain-cf", cf_key) if images else None
+    vae_meta = artifacts.load_json("vae", vae_key) if images else None
+    contrastive = contrastive if images else None
     ctx = get_run_context()
     flow_run_id = str(ctx.flow_run.id) if ctx and getattr(ctx, "flow_run", None) else ""
-    out_dir = paths().reports / key / "explain"
+    out_dir = paths().reports / scored_run / "explain"
     if out_dir.exists():  # a rerun with another --top must not leave the previous run's images behind
         shutil.rmtree(out_dir)
     pngs, grid = _pngs(out_dir, ig, cf)
-    checks = checks_frame(key, ig, cf, contrastive, edda_out, vae_meta)
-    table = explanations_frame(key, scorer, ig, cf, pngs, grid)
-    summary_md = (f"### winnow explain — run `{key}`\n\nTop {len(ids)} by `{scorer}`, baseline `{baseline}`; "
+    checks = checks_frame(scored_run, ig, cf, contrastive, edda_out, vae_meta)
+    table = explanations_frame(scored_run, scorer, ig, cf, pngs, grid)
+    summary_md = (f"### winnow explain — {info['kind']} run `{scored_run}`\n\nTop {len(ids)} by `{scorer}`, baseline `{baseline}`; "
                   f"images in `{out_dir}`.\n\n" + checks_markdown(checks))
     (out_dir / "summary.md").write_text(summary_md)
-    mlflow_run_id = _log_mlflow(key, info, scorer, baseline, top, run.records, checks, table, out_dir, flow_run_id,
+    mlflow_run_id = _log_mlflow(scored_run, info, scorer, baseline, top, run.records, checks, table, out_dir, flow_run_id,
                                 {"rtol": rtol, "max_steps": max_steps, "edda": edda, "vae_epochs": vae_epochs,
                                  "vae_latent": vae_latent, "contrastive_n": contrastive_n, "eval_n": eval_n,
                                  "seed": seed})
     table["mlflow_run_id"] = mlflow_run_id
     checks["mlflow_run_id"] = mlflow_run_id
     # One part per run, overwritten: a rerun replaces its rows instead of adding duplicates.
-    lake.replace("explanations", table, part=key)
-    lake.replace("explain_checks", checks, part=key)
-    page = _review_page(key, out_dir / "review.html")
+    lake.replace("explanations", table, part=scored_run)
+    lake.replace("explain_checks", checks, part=scored_run)
+    page = _review_page(scored_run, out_dir / "review.html")
+    if info["kind"] == "arrival":
+        _add_to_arrival_report(info["batch_id"], mlflow_run_id)
     _mlflow_client().log_artifact(mlflow_run_id, str(page), artifact_path="explain")
     create_markdown_artifact(key="explain-summary", markdown=summary_md + f"\n\nMLflow run: `{mlflow_run_id}`",
-                             description=f"winnow explain {key}")
+                             description=f"winnow explain {scored_run}")
     run.records.append({"name": "publish", "cached": False, "seconds": round(time.perf_counter() - t0, 3)})
-    log.info("explain %s: %s", key, "; ".join(f"{r.method}.{r.name}={r.value:.4g}" for r in checks.itertuples()
+    log.info("explain %s: %s", scored_run, "; ".join(f"{r.method}.{r.name}={r.value:.4g}" for r in checks.itertuples()
                                               if r.name in HEADLINE))
-    return ExplainResult(key, mlflow_run_id, flow_run_id, scorer, baseline, table, checks, out_dir, run.records)
+    return ExplainResult(scored_run, mlflow_run_id, flow_run_id, scorer, baseline, table, checks, out_dir, run.records)
 
 
 def _review_page(run_id: str, dest: Path) -> Path:
@@ -190,14 +215,31 @@ def _review_page(run_id: str, dest: Path) -> Path:
 
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>winnow explain · {run_id}</title>"
             f"<style>{report.CSS}</style></head><body><h1>winnow review report</h1>"
-            f"<div class='meta'>audit run <code>{run_id}</code></div>{explain_section_html(run_id)}</body></html>")
+            f"<div class='meta'>run <code>{run_id}</code></div>{explain_section_html(run_id)}</body></html>")
     return report.write(dest, page)
 
 
-def _mlflow_client():
-    from winnow.tasks.tracking import _mlflow
+def _add_to_arrival_report(batch_id: str, mlflow_run_id: str) -> None:
+    """Put the explanations into the arrival's own review report (the page `winnow report` opens)."""
+    from winnow.tasks import report
+    from winnow.tasks.explain_report import explain_section_html
 
-    return _mlflow().tracking.MlflowClient()
+    con = lake.connect()
+    try:
+        arrival = con.execute("SELECT run_id, report FROM arrivals WHERE batch_id = ?", [batch_id]).df()
+    finally:
+        con.close()
+    if arrival.empty or not Path(arrival["report"].iloc[0]).is_file():
+        return  # the report lives on another machine: the explain run's own page has it all
+    dest = Path(arrival["report"].iloc[0])
+    report.write(dest, report.with_explanations(dest.read_text(), explain_section_html(arrival["run_id"].iloc[0])))
+    _mlflow_client().log_artifact(mlflow_run_id, str(dest), artifact_path="arrival")
+
+
+def _mlflow_client():
+    from winnow.tasks.tracking import mlflow_module
+
+    return mlflow_module().tracking.MlflowClient()
 
 
 def _check_args(top, baseline, rtol, max_steps, vae_epochs, vae_latent, contrastive_n, eval_n) -> None:
@@ -222,13 +264,20 @@ HEADLINE = {"gap_max", "converged_fraction", "given_validity", "suggested_validi
             "necessity_mean", "run_alignment", "edda_alignment", "run_test_accuracy", "edda_test_accuracy"}
 
 
-def _pngs(out_dir: Path, ig: dict, cf: dict) -> tuple[list[Path], Path]:
+def _pngs(out_dir: Path, ig: dict, cf: dict | None) -> tuple[list[Path], Path]:
     names = ig["class_names"]
+    if cf is None:  # not images: the counterfactual panels stay blank and say why
+        blank = np.zeros_like(ig["x"])
+        cf = {"given_x_cf": blank, "suggested_x_cf": blank}
+        mark = {t: np.zeros(len(blank), bool) for t in ("given", "suggested")}
+        label = lambda t, i, c: "no CF (not images)"  # noqa: E731
+    else:
+        mark = {t: ~np.asarray(cf[f"{t}_success"], bool) for t in ("given", "suggested")}
+        label = lambda t, i, c: f"CF → {c}{' ✗' if mark[t][i] else ''}"  # noqa: E731
     titles, rows = [], []
     for i, sid in enumerate(ig["sample_ids"]):
         g, s = names[int(ig["given"][i])], names[int(ig["suggested"][i])]
-        ok = lambda t: "" if cf[f"{t}_success"][i] else " ✗"  # noqa: E731
-        titles.append([f"given {g}", f"IG → {g}", f"IG → {s}", f"CF → {g}{ok('given')}", f"CF → {s}{ok('suggested')}"])
+        titles.append([f"given {g}", f"IG → {g}", f"IG → {s}", label("given", i, g), label("suggested", i, s)])
         truth = " (flipped)" if bool(ig["is_flipped"][i]) else ""
         rows.append(f"#{i + 1} {sid}{truth}")
     return explanation_pngs(out_dir, ig["sample_ids"], ig["x"], ig["attr_given"], ig["attr_suggested"],
@@ -240,8 +289,10 @@ def _joint_steps(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where((a > 0) & (b > 0), np.maximum(a, b), -1)
 
 
-def explanations_frame(run_id: str, scorer: str, ig: dict, cf: dict, pngs: list[Path], grid: Path) -> pd.DataFrame:
-    """One row per flagged sample (the lake table ``explanations``)."""
+def explanations_frame(run_id: str, scorer: str, ig: dict, cf: dict | None, pngs: list[Path],
+                       grid: Path) -> pd.DataFrame:
+    """One row per flagged sample (the lake table ``explanations``); ``cf`` None (not images):
+    the counterfactual columns are False / NaN / -1."""
     names = ig["class_names"]
     given, suggested = ig["given"].astype(int), ig["suggested"].astype(int)
     df = pd.DataFrame({
@@ -259,11 +310,12 @@ def explanations_frame(run_id: str, scorer: str, ig: dict, cf: dict, pngs: list[
         "layer_ig_gap_given": ig["layer_gap_given"], "layer_ig_gap_suggested": ig["layer_gap_suggested"],
         "layer_ig_steps": _joint_steps(ig["layer_steps_given"], ig["layer_steps_suggested"]),
     })
+    n = len(given)
     for t in ("given", "suggested"):
-        df[f"cf_{t}_success"] = np.asarray(cf[f"{t}_success"], bool)
+        df[f"cf_{t}_success"] = np.asarray(cf[f"{t}_success"], bool) if cf else np.zeros(n, bool)
         for m in ("latent_distance", "pixel_distance", "input_distance", "target_prob"):
-            df[f"cf_{t}_{m}"] = np.asarray(cf[f"{t}_{m}"], float)
-        df[f"cf_{t}_iterations"] = np.asarray(cf[f"{t}_iterations"], int)
+            df[f"cf_{t}_{m}"] = np.asarray(cf[f"{t}_{m}"], float) if cf else np.full(n, np.nan)
+        df[f"cf_{t}_iterations"] = np.asarray(cf[f"{t}_iterations"], int) if cf else np.full(n, -1)
     df["image_path"] = [str(p) for p in pngs]
     df["grid_path"] = str(grid)
     df["created_at"] = pd.Timestamp.now(tz="UTC")
@@ -275,8 +327,10 @@ def _nanstat(f, a) -> float:
     return float(f(a)) if np.isfinite(a).any() else float("nan")
 
 
-def checks_frame(run_id: str, ig: dict, cf: dict, contrastive: dict, edda: dict | None, vae_meta: dict) -> pd.DataFrame:
-    """The three checks' summary figures (the lake table ``explain_checks``: check, name, value)."""
+def checks_frame(run_id: str, ig: dict, cf: dict | None, contrastive: dict | None, edda: dict | None,
+                 vae_meta: dict | None) -> pd.DataFrame:
+    """The three checks' summary figures (the lake table ``explain_checks``: check, name, value);
+    without ``cf`` (not images) the counterfactual check is left out."""
     gaps = np.r_[ig["gap_given"], ig["gap_suggested"]]
     rel = gaps / np.maximum(np.abs(np.r_[ig["delta_given"], ig["delta_suggested"]]), 1e-12)
     steps = _joint_steps(ig["steps_given"], ig["steps_suggested"])
@@ -291,17 +345,8 @@ def checks_frame(run_id: str, ig: dict, cf: dict, contrastive: dict, edda: dict 
         "layer_gap_max": _nanstat(np.nanmax, layer_gaps), "layer_converged_fraction": float(np.mean(layer_steps > 0)),
         "flagged_truly_flipped": float(np.mean(ig["is_flipped"])),
     }}
-    c = {}
-    for t in ("given", "suggested"):
-        s = cf[f"{t}_summary"]
-        c.update({f"{t}_validity": s["validity"], f"{t}_latent_distance_median": s["latent_distance_median"],
-                  f"{t}_pixel_distance_median": s["pixel_distance_median"],
-                  # reached without moving: the VAE's reconstruction is already called the target
-                  f"{t}_at_reconstruction": float(np.mean(cf[f"{t}_success"] & (cf[f"{t}_iterations"] == 0)))})
-    c.update({f"{k}": v for k, v in contrastive["summary"].items() if k != "strength"})
-    c.update({"contrastive_samples": contrastive["n"], "vae_final_loss": vae_meta["loss"][-1],
-              "vae_epochs": vae_meta["epochs"]})
-    figures["counterfactual"] = c
+    if cf is not None:
+        figures["counterfactual"] = _counterfactual_figures(cf, contrastive, vae_meta)
     if edda is not None:
         e = {"eval_samples": edda["n_eval"], "k": edda["k"]}
         for who in ("run", "edda"):
@@ -312,11 +357,25 @@ def checks_frame(run_id: str, ig: dict, cf: dict, contrastive: dict, edda: dict 
                          for check, vals in figures.items() for name, v in vals.items()])
 
 
+def _counterfactual_figures(cf: dict, contrastive: dict, vae_meta: dict) -> dict:
+    c = {}
+    for t in ("given", "suggested"):
+        s = cf[f"{t}_summary"]
+        c.update({f"{t}_validity": s["validity"], f"{t}_latent_distance_median": s["latent_distance_median"],
+                  f"{t}_pixel_distance_median": s["pixel_distance_median"],
+                  # reached without moving: the VAE's reconstruction is already called the target
+                  f"{t}_at_reconstruction": float(np.mean(cf[f"{t}_success"] & (cf[f"{t}_iterations"] == 0)))})
+    c.update({f"{k}": v for k, v in contrastive["summary"].items() if k != "strength"})
+    c.update({"contrastive_samples": contrastive["n"], "vae_final_loss": vae_meta["loss"][-1],
+              "vae_epochs": vae_meta["epochs"]})
+    return c
+
+
 def _log_mlflow(run_id: str, info: dict, scorer: str, baseline: str, top: int, records: list[dict],
                 checks: pd.DataFrame, table: pd.DataFrame, out_dir: Path, flow_run_id: str, settings: dict) -> str:
     """Parent run 'explain <run_id>' (tagged, in the audit's experiment) with a nested run per stage
     and a nested ``explanations`` run holding the metrics, the PNGs and the table."""
-    from winnow.tasks.tracking import _finite, use_experiment
+    from winnow.tasks.tracking import finite_metrics, use_experiment
 
     mlflow = use_experiment()
     experiment_id = None
@@ -326,7 +385,7 @@ def _log_mlflow(run_id: str, info: dict, scorer: str, baseline: str, top: int, r
             experiment_id = mlflow.get_run(audit_run).info.experiment_id
         except Exception:  # the audit's MLflow store may be elsewhere; the default experiment will do
             experiment_id = None
-    metrics = _finite({f"{r.method}.{r.name}": r.value for r in checks.itertuples(index=False)})
+    metrics = finite_metrics({f"{r.method}.{r.name}": r.value for r in checks.itertuples(index=False)})
     tags = {"winnow.run_id": run_id, "winnow.audit_mlflow_run_id": audit_run, "prefect.flow_run_id": flow_run_id,
             "winnow.flow": "explain"}
     params = {"run_id": run_id, "scorer": scorer, "baseline": baseline, "top": top, **settings}
@@ -336,7 +395,7 @@ def _log_mlflow(run_id: str, info: dict, scorer: str, baseline: str, top: int, r
         for stage in records:
             with mlflow.start_run(run_name=stage["name"], nested=True, experiment_id=experiment_id):
                 mlflow.log_params({"stage": stage["name"], "cached": stage["cached"]})
-                mlflow.log_metrics(_finite({"seconds": stage["seconds"]}))
+                mlflow.log_metrics(finite_metrics({"seconds": stage["seconds"]}))
         with mlflow.start_run(run_name="explanations", nested=True, experiment_id=experiment_id, tags=tags):
             mlflow.log_params({k: str(v) for k, v in params.items()})
             mlflow.log_metrics(metrics)
@@ -356,12 +415,13 @@ def _log_mlflow(run_id: str, info: dict, scorer: str, baseline: str, top: int, r
 def add_commands(subparsers) -> dict:
     p = subparsers.add_parser(
         "explain", help="explain why the model disagrees with the labels of a run's top flagged samples",
-        description="Run the explain flow on an audit run: Integrated Gradients for the given and the suggested "
+        description="Run the explain flow on a run (an audit, a real-data audit or an arrival): Integrated Gradients for the given and the suggested "
                     "label (with its completeness check), VAE latent counterfactuals toward each (validity, "
                     "proximity, contrastive sufficiency/necessity) and, with --edda, model-explainer alignment "
                     "vs. an EDDA-retrained model. Writes PNGs under data/reports/<run_id>/explain/, the lake "
                     "tables `explanations` and `explain_checks`, an MLflow run and a Prefect artifact.")
-    p.add_argument("run_id", metavar="RUN_ID", help="lake run id or MLflow run id of an audit run")
+    p.add_argument("run_id", metavar="RUN_ID", help="lake run id or MLflow run id of any run; for an arrival also "
+                                                      "its batch id or flow run id")
     p.add_argument("--top", type=_positive_int, default=16, help="how many flagged samples to explain (default 16)")
     p.add_argument("--scorer", help="score table that ranks the samples (default: the run's first scorer)")
     p.add_argument("--baseline", choices=BASELINE_KINDS, default="default",

@@ -222,12 +222,31 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-# ---------------------------------------------------------------- CLI (`winnow review serve`)
+# ---------------------------------------------------------------- CLI (`winnow review ...`)
 
 
-def add_serve_command(review_actions) -> None:
-    """Add ``serve`` to the ``winnow review`` subcommands (called by :mod:`winnow.flows.operate`)."""
-    s = review_actions.add_parser("serve", help="review the queue in the browser (a local web app)",
+def add_commands(sub) -> dict:
+    r = sub.add_parser("review", help="the review queue: list, accept, relabel, drop, export/import a CSV",
+                       description="Record a reviewer's decisions on flagged samples; the next training uses them.")
+    rs = r.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ls = rs.add_parser("list", help="show the queue")
+    ls.add_argument("--status", default="pending", help="pending, accepted, relabelled, dropped or all")
+    ls.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    for action, helptext in (("accept", "the given label is right"), ("drop", "remove the samples from training"),
+                             ("pending", "undo a decision")):
+        a = rs.add_parser(action, help=helptext)
+        a.add_argument("ids", nargs="+", metavar="ID")
+        a.add_argument("--by", help="who decided (default: your user name)")
+    rl = rs.add_parser("relabel", help="the label is wrong: set a new one")
+    rl.add_argument("ids", nargs="+", metavar="ID")
+    rl.add_argument("--to", type=int, required=True, help="the new label (class index)")
+    rl.add_argument("--by", help="who decided (default: your user name)")
+    ex = rs.add_parser("export", help="write the queue to a CSV with a decision column to fill in")
+    ex.add_argument("file")
+    ex.add_argument("--status", default="pending", help="which rows (default pending; 'all' for every row)")
+    im = rs.add_parser("import", help="apply the decisions of an edited export")
+    im.add_argument("file")
+    s = rs.add_parser("serve", help="review the queue in the browser (a local web app)",
                                   description="Serve the review page: one card per flagged sample, keyboard "
                                               "decisions written to review_queue at once.")
     s.add_argument("--run", help="only this run's samples (flow run id, batch id, arrival run id; a prefix will do)")
@@ -236,6 +255,33 @@ def add_serve_command(review_actions) -> None:
                    help=f"interface to bind (default {DEFAULT_HOST}, this machine only). Another address, e.g. "
                         "0.0.0.0, lets other machines in: there is no login, anyone who reaches it can decide")
     s.add_argument("--reviewer", help="name decisions are recorded under (default: your user name; the page can change it)")
+    return {"review": cmd_review}
+
+
+def cmd_review(args) -> int:
+    from winnow.flows.cli import print_frame
+    from winnow.tasks import review
+
+    if args.action == "serve":
+        return cmd_serve(args)
+    if args.action == "list":
+        q = review.read_queue()
+        if args.status != "all":
+            q = q[q["status"] == args.status]
+        print_frame(q[["sample_id", "batch_id", "given_label", "suggested_label", "score", "status", "new_label",
+                       "decided_by"]], args.format, title=f"review queue ({args.status})")
+        return 0
+    if args.action == "export":
+        n = review.export_csv(Path(args.file), None if args.status == "all" else args.status)
+        print(f"wrote {n} rows to {args.file}; fill in 'decision' (accept/relabel/drop) and 'new_label', then "
+              f"`winnow review import {args.file}`")
+        return 0
+    if args.action == "import":
+        print(f"recorded {review.import_csv(Path(args.file))} decisions")
+        return 0
+    rows = review.decide(args.ids, args.action, getattr(args, "to", None), args.by)
+    print(f"{args.action}: {len(rows)} sample(s) -> {review.ACTIONS[args.action]}")
+    return 0
 
 
 def cmd_serve(args) -> int:

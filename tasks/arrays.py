@@ -188,7 +188,7 @@ def mapped_training_set(batch_id: str):
         return ds
     shape, dtype = tuple(meta["shape"]), np.dtype(meta.get("dtype", "<f4"))
     write_npy(batch_id, (len(ds), *shape), dtype,
-              (batches._from_binary(rb.column(0), dtype.str, shape)
+              (batches.from_binary(rb.column(0), dtype.str, shape)
                for rb in pf.iter_batches(batch_size=CHUNK_ROWS, columns=["pixels"])))
     return ds.replace(values=open_mapped(batch_id))
 

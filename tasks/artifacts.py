@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
-from .lake import CorruptFile, _write_failed, atomic_write_parquet, read_parquet
+from .lake import CorruptFile, write_failed, atomic_write_parquet, read_parquet
 from .settings import paths
 
 
@@ -31,20 +31,20 @@ def path(kind: str, key: str, suffix: str) -> Path:
     return paths().artifacts / kind / f"{key}{suffix}"
 
 
-def _atomic_bytes(data: bytes, dest: Path) -> Path:
+def atomic_write_bytes(data: bytes, dest: Path) -> Path:
     """Write ``data`` to ``dest`` via a temp file + rename (an ``OSError`` names ``dest``)."""
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     except OSError as exc:
-        raise _write_failed(dest.parent, exc) from exc
+        raise write_failed(dest.parent, exc) from exc
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         os.replace(tmp, dest)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
-        raise _write_failed(dest, exc) from exc
+        raise write_failed(dest, exc) from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -65,7 +65,7 @@ def load_frame(kind: str, key: str) -> pd.DataFrame:
 def save_torch(kind: str, key: str, obj: Any) -> Path:
     buf = io.BytesIO()
     torch.save(obj, buf)
-    return _atomic_bytes(buf.getvalue(), path(kind, key, ".pt"))
+    return atomic_write_bytes(buf.getvalue(), path(kind, key, ".pt"))
 
 
 def load_torch(kind: str, key: str) -> Any:
@@ -87,7 +87,7 @@ def read_torch(p: Path) -> Any:
 
 
 def save_json(kind: str, key: str, obj: Any) -> Path:
-    return _atomic_bytes(json.dumps(obj, indent=1, sort_keys=True, default=str).encode(), path(kind, key, ".json"))
+    return atomic_write_bytes(json.dumps(obj, indent=1, sort_keys=True, default=str).encode(), path(kind, key, ".json"))
 
 
 def load_json(kind: str, key: str) -> Any:

@@ -23,7 +23,7 @@ def _fixed_binary(values: np.ndarray) -> pa.Array:
     return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(flat), [None, pa.py_buffer(flat)])
 
 
-def _from_binary(column, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+def from_binary(column, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
     """Inverse of :func:`_fixed_binary`; also reads older parts whose column is variable binary."""
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     n = len(arr)
@@ -69,10 +69,10 @@ def from_table(table: pa.Table) -> Dataset:
     n = table.num_rows
     dtype = meta.get("dtype", "<f4")  # parts before stored dtypes held float32
     if "pixels" in table.column_names:
-        values = _from_binary(table.column("pixels"), dtype, shape)
+        values = from_binary(table.column("pixels"), dtype, shape)
     else:
         values = np.zeros((n, *shape), dtype=dtype)
-    probs = (_from_binary(table.column("pred_probs"), "<f8", (len(meta["class_names"]),))
+    probs = (from_binary(table.column("pred_probs"), "<f8", (len(meta["class_names"]),))
              if "pred_probs" in table.column_names else None)
     raw = (np.asarray(table.column("label_raw").to_numpy(zero_copy_only=False), dtype=object)
            if "label_raw" in table.column_names else None)

@@ -37,6 +37,7 @@ from .explainers.counterfactual import class_directions, contrastive_scores, lat
 from .explainers.edda import EDDAConfig, alignment_drops, ig_saliency, resolve_fill, train_with_edda
 from .explainers.ig import steps_for_tolerance
 from .explainers.vae import VAE, train_vae
+from .metrics import ranking
 from .models.training import accuracy
 
 CPU = torch.device("cpu")
@@ -70,17 +71,20 @@ def _threads(n: int):
 # ---------------------------------------------------------------- helpers (pure)
 
 
-def flagged_sample_ids(run_id: str, scorer: str, top: int, score_key: str | None = None) -> list[str]:
+def flagged_sample_ids(run_id: str, scorer: str, top: int, score_key: str | None = None,
+                       skip: set[str] | None = None) -> list[str]:
     """The ``top`` training samples a scorer finds most suspicious, most suspicious first.
 
     Parameters
     ----------
     run_id : str
-        Lake run id (the training key).
+        Lake run id whose ``scores`` rows rank the samples.
     scorer : str
     top : int
     score_key : str, optional
         Read the score table from this artifact instead of the lake (scores computed on demand).
+    skip : set of str, optional
+        Sample ids never returned (an arrival's planted canaries).
 
     Returns
     -------
@@ -97,9 +101,17 @@ def flagged_sample_ids(run_id: str, scorer: str, top: int, score_key: str | None
             con.close()
     if scores.empty:
         raise ValueError(f"run {run_id!r} has no '{scorer}' scores in the lake")
-    # Stable order on ties (e.g. many equal random scores): by score, then by id.
-    scores = scores.sort_values(["score", "sample_id"], ascending=[False, True], kind="stable")
-    return scores["sample_id"].astype(str).head(int(top)).tolist()
+    if skip:
+        scores = scores[~scores["sample_id"].astype(str).isin(skip)]
+    # the one ranking (ties in row order), as the flags and the review queue are ranked
+    return scores["sample_id"].astype(str).to_numpy()[ranking(scores["score"].to_numpy())][:int(top)].tolist()
+
+
+def planted_canaries(train_key: str) -> set[str]:
+    """Sample ids whose label the on-arrival flow flipped on purpose in the pool it trained on."""
+    meta = artifacts.load_json("train", train_key)
+    labels = artifacts.load_frame("noise", meta["noise_key"])
+    return set(labels.loc[labels["is_flipped"].astype(bool), "sample_id"].astype(str))
 
 
 def _index_of(sample_ids: np.ndarray, wanted: list[str]) -> np.ndarray:
@@ -138,12 +150,22 @@ def _flagged(train_key: str, sample_ids: list[str]):
 
 
 def _test_subset(data, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Up to ``n`` test samples (clean labels: the audit never noises the test split), seeded."""
-    m = len(data.test.label)
+    """Up to ``n`` held-out samples, seeded.
+
+    An audit's test split was never noised and never audited. A real-data audit audits every
+    row, so there the rows the user marked ``test`` stand in, else all rows, with their given
+    labels (the model was trained on them too: the figures that use them then say how the model
+    behaves on its data, not how it generalises).
+    """
+    held = data.test
+    if len(held.label) == 0:
+        test_rows = data.train.split == "test"
+        held = data.train.subset(test_rows) if test_rows.any() else data.train
+    m = len(held.label)
     if m == 0:
-        raise ValueError("the run's batch has no test split; the checks need held-out samples")
+        raise ValueError("the run has no rows to check the explanations on")
     pick = np.sort(np.random.default_rng(seed).permutation(m)[:min(n, m)])
-    return torch.as_tensor(data.test.x[pick]), torch.as_tensor(data.test.label[pick], dtype=torch.long)
+    return torch.as_tensor(held.subset(pick).x), torch.as_tensor(held.label[pick], dtype=torch.long)
 
 
 def load_vae(vae_key: str) -> VAE:

@@ -1,11 +1,21 @@
-"""The release gate: three Great Expectations suites, all run through
-:func:`winnow.tasks.validation.run_suite`.
+"""The release gate: what decides whether a batch enters the lake and a model is served.
 
-(a) ``batch``  — the arriving batch: the audit flow's batch suite, plus compatibility with the
-    accepted data (same sample shape, labels in the accepted classes, no sample id reused).
-(b) ``scores`` — what the detectors say: estimated noise rate, flagged fraction of the batch and
-    canary recall, against thresholds from :class:`GateConfig`.
-(c) ``model``  — the retrained model: test accuracy not below the champion's minus a tolerance.
+One module owns the decision:
+
+* **thresholds** — :class:`GateConfig`, loaded once by :meth:`GateConfig.load` from the shipped
+  defaults (``gate.toml`` beside this module), then the user's TOML, then explicit overrides; the
+  served deployment, ``winnow gate`` and the flow's ``gate=`` parameter all go through it;
+* **checks** — three Great Expectations suites, all run through
+  :func:`winnow.tasks.validation.run_suite`:
+
+  (a) ``batch``  — the arriving batch: the audit flow's batch suite, plus compatibility with the
+      accepted data (same sample shape, labels in the accepted classes, no sample id reused);
+  (b) ``scores`` — what the detectors say: estimated noise rate, flagged fraction of the batch
+      and canary recall (:func:`figures_of` computes them);
+  (c) ``model``  — the retrained model: test accuracy not below the champion's minus a tolerance;
+
+* **verdict** — :class:`Verdict`, and :class:`GateFailed` when it says no;
+* **promotion** — :func:`release` moves the registry's ``champion`` alias, only on a pass.
 
 GX validates tables, so (b) and (c) validate one-row frames of the figures; the expectation
 results then read like every other GX result (observed value vs. bound).
@@ -13,52 +23,107 @@ results then read like every other GX result (observed value vs. bound).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from . import canaries
 from .data.dataset import Dataset
-from .validation import CheckReport, batch_expectations, batch_frame, run_suite
+from .validation import CheckReport, batch_expectations, batch_frame, quiet_gx, run_suite
+
+#: the shipped thresholds: the one place their default values are written
+GATE_TOML = Path(__file__).with_name("gate.toml")
+
+
+class GateFailed(RuntimeError):
+    """The release gate said no; ``str()`` is the one-line verdict."""
 
 
 @dataclass(frozen=True)
 class GateConfig:
-    """Thresholds of the release gate (``deployments/gate.toml`` holds the served defaults)."""
+    """Thresholds of the release gate and the canaries planted to measure it.
 
-    max_noise_rate: float = 0.3  # confident learning's estimate over the scored pool
-    max_flagged_fraction: float = 0.3  # flagged share of the arriving batch's training rows
-    min_canary_recall: float | None = 0.5  # None: canaries are measured but not required
-    accuracy_tolerance: float = 0.02  # the candidate may lose this much test accuracy vs. the champion
-    min_accuracy: float = 0.0  # absolute floor for the candidate
+    No defaults here: they live in ``gate.toml`` (:data:`GATE_TOML`); build one with :meth:`load`.
+    """
+
+    max_noise_rate: float  # estimated share of wrong labels over the scored pool
+    max_flagged_fraction: float  # flagged share of the arriving batch's training rows
+    min_canary_recall: float | None  # None: canaries are measured but not required
+    accuracy_tolerance: float  # the candidate may lose this much test accuracy vs. the champion
+    min_accuracy: float  # absolute floor for the candidate
+    canaries: int  # known flips planted in a copy of each arriving batch (0: none)
 
     @classmethod
-    def from_mapping(cls, values: dict | None) -> "GateConfig":
-        values = dict(values or {})
+    def load(cls, path: str | Path | None = None, overrides: dict | None = None) -> "GateConfig":
+        """The shipped defaults, then the keys of ``path`` (a TOML), then ``overrides``.
+
+        Parameters
+        ----------
+        path : str or Path, optional
+            A TOML with a ``[gate]`` table (and optionally a top-level ``canaries``); its keys
+            replace the defaults, keys it leaves out keep them.
+        overrides : dict, optional
+            Final say, e.g. the flow's ``gate=`` parameter. ``{"min_canary_recall": None}`` stops
+            requiring canaries.
+
+        Raises
+        ------
+        ValueError
+            The file is missing or not TOML, a key is unknown, or a value is out of range.
+        """
+        values = _read_toml(GATE_TOML)
+        if path is not None:
+            values.update(_read_toml(Path(path)))
+        values.update(dict(overrides or {}))
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"unknown gate setting(s) {unknown}; known: {sorted(known)}")
-        return cls(**values)
+            where = f"{path}: " if path is not None else ""
+            raise ValueError(f"{where}unknown gate setting(s) {unknown}; known: {sorted(known)}")
+        values.setdefault("min_canary_recall", None)
+        return cls(**values)._checked()
 
-    @classmethod
-    def from_toml(cls, path: str | Path) -> "GateConfig":
-        try:
-            import tomllib
-        except ModuleNotFoundError:  # Python 3.10
-            import tomli as tomllib
-        p = Path(path)
-        try:
-            data = tomllib.loads(p.read_text())
-        except FileNotFoundError:
-            raise ValueError(f"{p}: gate config not found") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ValueError(f"{p}: not valid TOML ({exc})") from None
-        return cls.from_mapping(data.get("gate", data))
+    def _checked(self) -> "GateConfig":
+        for name in ("max_noise_rate", "max_flagged_fraction", "accuracy_tolerance", "min_accuracy"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v <= 1:
+                raise ValueError(f"gate setting {name} must be a number in [0, 1], got {v!r}")
+        r = self.min_canary_recall
+        if r is not None and (not isinstance(r, (int, float)) or isinstance(r, bool) or not 0 <= r <= 1):
+            raise ValueError(f"gate setting min_canary_recall must be in [0, 1] or absent, got {r!r}")
+        if not isinstance(self.canaries, int) or isinstance(self.canaries, bool) or self.canaries < 0:
+            raise ValueError(f"gate setting canaries must be a non-negative integer, got {self.canaries!r}")
+        return self
+
+    def with_overrides(self, **values) -> "GateConfig":
+        """A copy with some settings replaced (``None`` values are ignored)."""
+        return replace(self, **{k: v for k, v in values.items() if v is not None})._checked()
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def _read_toml(path: Path) -> dict:
+    """The ``[gate]`` table plus a top-level ``canaries`` of a gate TOML, flattened."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{path}: gate config not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path}: not valid TOML ({exc})") from None
+    values = dict(data.get("gate", {}))
+    if "canaries" in data:
+        values["canaries"] = data["canaries"]
+    # TOML has no null: "min_canary_recall = false" stops requiring canaries
+    if values.get("min_canary_recall") is False:
+        values["min_canary_recall"] = None
+    return values
 
 
 @dataclass
@@ -92,9 +157,7 @@ class Verdict:
 
 
 def _gx():
-    from .validation import _quiet_gx
-
-    _quiet_gx()
+    quiet_gx()
     import great_expectations as gx
 
     return gx.expectations
@@ -158,3 +221,58 @@ def model_gate(candidate_accuracy: float, champion_accuracy: float | None, confi
         E.ExpectColumnValuesToBeBetween(column="candidate_accuracy", min_value=config.min_accuracy, max_value=1.0),
         E.ExpectColumnValuesToBeBetween(column="accuracy_drop", max_value=config.accuracy_tolerance),
     ], "model")
+
+
+# ---------------------------------------------------------------- the figures (b) reads
+
+
+def figures_of(flagged: np.ndarray, in_batch: np.ndarray, planted: np.ndarray, k: int) -> dict:
+    """The detector's headline figures for the scores gate.
+
+    Canaries count against neither the noise rate nor the flagged fraction: they are ours.
+
+    Parameters
+    ----------
+    flagged, in_batch, planted : np.ndarray, shape (n,), bool
+        Over the scored pool's training rows: flagged by the detector, from the arriving batch,
+        a planted canary.
+    k : int
+        The estimated number of wrong labels in the pool (canaries included).
+    """
+    flagged, in_batch, planted = (np.asarray(a, bool) for a in (flagged, in_batch, planted))
+    if not len(flagged) == len(in_batch) == len(planted):
+        raise ValueError(f"flagged, in_batch and planted differ in length: "
+                         f"{len(flagged)}, {len(in_batch)}, {len(planted)}")
+    n = len(flagged)
+    real = in_batch & ~planted
+    wrong = max(int(k) - int(planted.sum()), 0)
+    return {
+        "pool_train_samples": n,
+        "batch_train_samples": int(real.sum()),
+        "estimated_wrong_labels": wrong,
+        "estimated_noise_rate": wrong / max(n, 1),
+        "flagged_in_batch": int((flagged & real).sum()),
+        "flagged_fraction": float((flagged & real).sum() / max(real.sum(), 1)),
+        "canaries": int(planted.sum()),
+        "canary_recall": canaries.recall(flagged, planted),
+    }
+
+
+# ---------------------------------------------------------------- promotion
+
+
+def release(verdict: Verdict, model_uri: str | None, mlflow_run_id: str, tags: dict) -> str | None:
+    """Register the candidate and move ``champion`` to it — only if the verdict passed.
+
+    Returns
+    -------
+    str or None
+        The new champion's registry version; None when nothing was promoted.
+    """
+    if not verdict.passed or not model_uri:
+        return None
+    from . import registry
+
+    version = registry.promote(model_uri, dict(tags) | {"mlflow_run_id": mlflow_run_id})
+    registry.set_run_tags(mlflow_run_id, {"winnow.champion_version": version})
+    return version

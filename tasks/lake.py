@@ -45,7 +45,7 @@ class CorruptFile(ValueError):
                          f"--refresh to recompute it (`winnow doctor` lists every broken file)")
 
 
-def _write_failed(dest: Path, exc: OSError) -> OSError:
+def write_failed(dest: Path, exc: OSError) -> OSError:
     """The same OS error, naming the destination (pyarrow's messages often do not)."""
     code = exc.errno or errno.EIO
     reason = exc.strerror or (str(exc).splitlines() or [os.strerror(code)])[0]
@@ -63,14 +63,14 @@ def atomic_write_parquet(table: pa.Table, dest: Path) -> Path:
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     except OSError as exc:
-        raise _write_failed(dest.parent, exc) from exc
+        raise write_failed(dest.parent, exc) from exc
     os.close(fd)
     try:
         pq.write_table(table, tmp, compression="zstd", write_page_checksum=True)
         os.replace(tmp, dest)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
-        raise _write_failed(dest, exc) from exc
+        raise write_failed(dest, exc) from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .tracking import _mlflow, use_experiment
+from .tracking import mlflow_module, use_experiment
 
 MODEL_NAME = "winnow-classifier"
 ALIAS = "champion"
@@ -18,7 +18,7 @@ EXPERIMENT = "winnow-operate"
 
 
 def _client():
-    mlflow = _mlflow()
+    mlflow = mlflow_module()
     return mlflow.MlflowClient()
 
 
@@ -45,7 +45,7 @@ def champion_accuracy(x: np.ndarray, y: np.ndarray, name: str = MODEL_NAME) -> t
     import torch
 
     try:
-        model = _mlflow().pytorch.load_model(f"models:/{name}@{ALIAS}")
+        model = mlflow_module().pytorch.load_model(f"models:/{name}@{ALIAS}")
         with torch.no_grad():
             pred = model(torch.as_tensor(x, dtype=torch.float32)).argmax(1).numpy()
         return float((pred == np.asarray(y)).mean()), f"champion v{current['version']} on this test split"
@@ -84,7 +84,7 @@ def log_run(run_name: str, params: dict, metrics: dict, files: list[Path], model
 
 def promote(model_uri: str, tags: dict, name: str = MODEL_NAME) -> str:
     """Register ``model_uri`` as a new version and move the ``champion`` alias to it."""
-    mlflow = _mlflow()
+    mlflow = mlflow_module()
     mv = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})
     _client().set_registered_model_alias(name, ALIAS, mv.version)
     return str(mv.version)

@@ -145,8 +145,23 @@ def render(run_id: str, title: str, verdict_passed: bool, verdict_line: str, rep
 """
 
 
+EXPLAIN_MARK = ("<!-- winnow:explain -->", "<!-- /winnow:explain -->")
+
+
+def with_explanations(page: str, section_html: str) -> str:
+    """The page with the explain flow's section before ``</body>``, replacing an earlier one
+    (explaining a run again must not stack sections)."""
+    start, end = EXPLAIN_MARK
+    if start in page and end in page:
+        page = page[:page.index(start)] + page[page.index(end) + len(end):]
+    if "</body>" not in page:
+        raise ValueError("not a report page: no </body>")
+    i = page.rindex("</body>")
+    return page[:i] + f"{start}<h2 id='why-flagged'>Why they were flagged</h2>{section_html}{end}\n" + page[i:]
+
+
 def write(dest: Path, page: str) -> Path:
     """Write the page atomically (a reader never sees half a report)."""
-    from .artifacts import _atomic_bytes
+    from .artifacts import atomic_write_bytes
 
-    return _atomic_bytes(page.encode(), dest)
+    return atomic_write_bytes(page.encode(), dest)

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from . import batches, lake
 from .data.dataset import Dataset
+from .metrics import ranking
 
 TABLE = "review_queue"
 PART = "queue"
@@ -209,7 +210,7 @@ def rank_flags(scores: dict[str, np.ndarray], primary: str, k: int) -> tuple[np.
     n = len(scores[primary])
     ranks = {}
     for name, s in scores.items():
-        order = np.argsort(-np.asarray(s), kind="stable")
+        order = ranking(s)
         r = np.empty(n, dtype=np.int64)
         r[order] = np.arange(1, n + 1)
         ranks[name] = r

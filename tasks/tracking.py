@@ -14,7 +14,7 @@ from .settings import paths
 EXPERIMENT = "winnow-audit"
 
 
-def _mlflow():
+def mlflow_module():
     os.environ.setdefault("MLFLOW_TRACKING_URI", paths().mlflow_uri)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -30,7 +30,7 @@ def use_experiment(name: str = EXPERIMENT):
     With a sqlite store MLflow would otherwise put artifacts in ``./mlruns`` of whatever the
     current directory is; pinning the location keeps a run's files beside its metadata.
     """
-    mlflow = _mlflow()
+    mlflow = mlflow_module()
     with _store_setup_lock(os.environ["MLFLOW_TRACKING_URI"]):
         if mlflow.get_experiment_by_name(name) is None:
             root = (paths().home / "mlartifacts").resolve()
@@ -57,7 +57,7 @@ def _store_setup_lock(uri: str):
     return exclusive_lock(Path(uri[len("sqlite:///"):] + ".lock"))
 
 
-def _finite(metrics: dict) -> dict:
+def finite_metrics(metrics: dict) -> dict:
     return {k: float(v) for k, v in metrics.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
 
@@ -76,17 +76,17 @@ def log_audit(run_name: str, params: dict, stages: list[dict], scorer_metrics: d
         for stage in stages:
             with mlflow.start_run(run_name=stage["name"], nested=True):
                 mlflow.log_params({"stage": stage["name"], "cached": stage["cached"]})
-                mlflow.log_metrics(_finite({"seconds": stage["seconds"], **stage.get("metrics", {})}))
+                mlflow.log_metrics(finite_metrics({"seconds": stage["seconds"], **stage.get("metrics", {})}))
         with tempfile.TemporaryDirectory() as tmp:
             for name, metrics in scorer_metrics.items():
                 with mlflow.start_run(run_name=f"score-{name}", nested=True):
                     mlflow.log_params({"stage": "score", "scorer": name})
-                    mlflow.log_metrics(_finite(metrics))
+                    mlflow.log_metrics(finite_metrics(metrics))
                     if name in score_tables:
                         p = Path(tmp) / f"scores-{name}.csv"
                         score_tables[name].to_csv(p, index=False)
                         mlflow.log_artifact(str(p), artifact_path="scores")
-        mlflow.log_metrics(_finite(run_metrics))
+        mlflow.log_metrics(finite_metrics(run_metrics))
         for f in files:
             mlflow.log_artifact(str(f))
         if model is not None:
@@ -99,4 +99,4 @@ def log_audit(run_name: str, params: dict, stages: list[dict], scorer_metrics: d
 
 
 def get_run(run_id: str):
-    return _mlflow().get_run(run_id)
+    return mlflow_module().get_run(run_id)

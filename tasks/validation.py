@@ -40,7 +40,7 @@ class CheckReport:
         return "\n".join(lines)
 
 
-def _quiet_gx() -> None:
+def quiet_gx() -> None:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     for name in ("great_expectations", "great_expectations.core", "great_expectations.data_context"):
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -75,7 +75,7 @@ def run_suite(df: pd.DataFrame, expectations: list, suite_name: str,
     ``more`` holds further ``(frame, expectations)`` pairs checked in the same GX context (one
     suite per frame; the report joins them).
     """
-    _quiet_gx()
+    quiet_gx()
     import great_expectations as gx
 
     context = gx.get_context(mode="ephemeral")

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from helpers import digits_parquet
-from winnow.flows.operate import figures_of, scan
+from winnow.flows.watch import scan
 from winnow.tasks.review import rank_flags as flag
 from winnow.tasks import arrivals, canaries, gates, review
 from winnow.tasks.data.dataset import Dataset
@@ -40,7 +40,7 @@ def test_flag_takes_the_primary_scorers_top_k_and_ranks_every_scorer():
     flagged, ranks = flag(scores, "a", 2)
     assert flagged.tolist() == [False, True, False, True]
     assert ranks["a"].tolist() == [4, 1, 3, 2] and ranks["b"].tolist() == [1, 4, 2, 3]
-    f = figures_of(flagged, np.array([0, 1, 1, 1], bool), np.array([0, 1, 0, 0], bool), k=2)
+    f = gates.figures_of(flagged, np.array([0, 1, 1, 1], bool), np.array([0, 1, 0, 0], bool), k=2)
     # the canary (row 1) is caught; it counts against neither the noise rate nor the flagged fraction
     assert f["canary_recall"] == 1.0 and f["flagged_in_batch"] == 1 and f["flagged_fraction"] == 0.5
     assert f["estimated_wrong_labels"] == 1 and f["estimated_noise_rate"] == 0.25
@@ -154,25 +154,56 @@ def test_batch_gate_checks_against_the_accepted_data():
 
 
 def test_scores_and_model_gates_use_the_configured_thresholds():
-    cfg = gates.GateConfig(max_noise_rate=0.2, max_flagged_fraction=0.1, min_canary_recall=0.6,
-                           accuracy_tolerance=0.01)
+    cfg = gates.GateConfig.load(overrides=dict(max_noise_rate=0.2, max_flagged_fraction=0.1, min_canary_recall=0.6,
+                                               accuracy_tolerance=0.01))
     assert gates.scores_gate(0.1, 0.05, 0.8, cfg).success
     failed = gates.scores_gate(0.25, 0.05, 0.5, cfg)
     assert [f.split("(")[1].split(",")[0] for f in failed.failures] == ["estimated_noise_rate", "canary_recall"]
     no_canaries = gates.scores_gate(0.1, 0.05, float("nan"), cfg)  # "clean" without proof is not trusted
     assert not no_canaries.success and "not_be_null(canary_recall" in no_canaries.failures[0]
-    assert gates.scores_gate(0.1, 0.05, float("nan"), gates.GateConfig(min_canary_recall=None)).success
+    assert gates.scores_gate(0.1, 0.05, float("nan"), gates.GateConfig.load(overrides={"min_canary_recall": None})).success
     assert gates.model_gate(0.90, 0.905, cfg).success
     assert not gates.model_gate(0.88, 0.90, cfg).success
     assert gates.model_gate(0.5, None, cfg).success  # the first model has nothing to beat
 
 
-def test_gate_config_from_toml(tmp_path):
+def test_gate_config_is_loaded_once_from_the_shipped_file_then_the_users_then_overrides(tmp_path):
+    shipped = gates.GateConfig.load()
+    assert shipped.max_noise_rate == 0.3 and shipped.canaries == 10  # tasks/gate.toml
     p = tmp_path / "g.toml"
-    p.write_text("[gate]\nmax_noise_rate = 0.1\n")
-    assert gates.GateConfig.from_toml(p).max_noise_rate == 0.1
+    p.write_text("canaries = 4\n[gate]\nmax_noise_rate = 0.1\nmin_canary_recall = false\n")
+    mine = gates.GateConfig.load(p)
+    assert (mine.max_noise_rate, mine.canaries, mine.min_canary_recall) == (0.1, 4, None)
+    assert mine.max_flagged_fraction == shipped.max_flagged_fraction  # a key the file leaves out keeps its default
+    assert gates.GateConfig.load(p, {"max_noise_rate": 0.2}).max_noise_rate == 0.2
+    assert mine.with_overrides(canaries=None, accuracy_tolerance=0.05).canaries == 4
     p.write_text("[gate]\nmax_noise = 0.1\n")
     with pytest.raises(ValueError, match="unknown gate setting"):
-        gates.GateConfig.from_toml(p)
+        gates.GateConfig.load(p)
+    p.write_text("[gate]\nmax_noise_rate = 1.5\n")
+    with pytest.raises(ValueError, match="max_noise_rate must be a number in \\[0, 1\\], got 1.5"):
+        gates.GateConfig.load(p)
+    with pytest.raises(ValueError, match="canaries must be a non-negative integer"):
+        gates.GateConfig.load(overrides={"canaries": -1})
     with pytest.raises(ValueError, match="gate config not found"):
-        gates.GateConfig.from_toml(tmp_path / "none.toml")
+        gates.GateConfig.load(tmp_path / "none.toml")
+
+
+def test_the_served_deployment_and_winnow_gate_read_the_same_settings(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    from winnow.flows.cli import build_parser
+
+    src = Path(__file__).resolve().parent.parent / "deployments" / "winnow_deployments.py"
+    spec = importlib.util.spec_from_file_location("winnow_deployments", src)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    p = tmp_path / "g.toml"
+    p.write_text("[gate]\nmax_flagged_fraction = 0.2\n")
+    arrival = [d for d in module.build(gate_config=str(p), canaries=3) if d.name == "on-arrival"][0]
+    served = gates.GateConfig.load(overrides=arrival.parameters["gate"])
+    assert served == gates.GateConfig.load(p).with_overrides(canaries=3)
+    assert served.max_flagged_fraction == 0.2 and served.canaries == 3
+    args = build_parser().parse_args(["gate", "x.parquet", "--gate-config", str(p)])
+    assert args.canaries is None and args.gate_config == str(p)  # cmd_gate: GateConfig.load(args.gate_config)

@@ -39,9 +39,24 @@ def batches_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def first(prefect_server, batches_dir):
-    from winnow.flows.operate import on_arrival
+    from winnow.flows.on_arrival import on_arrival
 
     return on_arrival(path=str(batches_dir / "a.parquet"), stream=STREAM, epochs=EPOCHS, canaries_n=8)
+
+
+def test_an_arrival_is_explained_without_its_canaries_and_its_report_shows_why(first):
+    from winnow.flows.explain import explain
+    from winnow.tasks.explain_stages import planted_canaries
+
+    run = lake.sql(f"SELECT * FROM runs WHERE run_id = '{first.run_id}'").iloc[0]
+    result = explain(first.batch_id, top=5, vae_epochs=2, contrastive_n=200)  # an arrival by its batch id
+    assert result.run_id == first.run_id and len(result.table) == 5
+    canaries = planted_canaries(run["train_key"])
+    assert len(canaries) == 8 and not canaries & set(result.table["sample_id"])
+    page = open(first.report_path).read()
+    assert page.count("id='why-flagged'") == 1 and all(s in page for s in result.table["sample_id"])
+    explain(first.batch_id, top=3, vae_epochs=2, contrastive_n=200)  # again: the section is replaced, not added
+    assert open(first.report_path).read().count("id='why-flagged'") == 1
 
 
 def test_first_batch_passes_is_committed_queued_and_promoted(first):
@@ -73,7 +88,7 @@ def test_first_batch_passes_is_committed_queued_and_promoted(first):
 
 
 def test_a_batch_arriving_twice_is_processed_once(first, batches_dir, tmp_path):
-    from winnow.flows.operate import on_arrival
+    from winnow.flows.on_arrival import on_arrival
 
     again = shutil.copy(batches_dir / "a.parquet", tmp_path / "a-copy.parquet")  # same content, new name
     result = on_arrival(path=str(again), stream=STREAM, epochs=EPOCHS, canaries_n=8)
@@ -84,7 +99,7 @@ def test_a_batch_arriving_twice_is_processed_once(first, batches_dir, tmp_path):
 
 def test_a_bad_batch_fails_the_gate_and_leaves_the_champion(first, batches_dir, capsys):
     from winnow.flows.cli import main
-    from winnow.flows.operate import on_arrival
+    from winnow.flows.on_arrival import on_arrival
 
     state = on_arrival(path=str(batches_dir / "bad.parquet"), stream=STREAM, epochs=EPOCHS, canaries_n=8,
                        return_state=True)
@@ -130,7 +145,7 @@ def test_review_decisions_shape_the_accepted_data(first, tmp_path, capsys):
 def test_a_regressed_model_fails_the_gate_and_leaves_the_champion(first, batches_dir):
     import mlflow
 
-    from winnow.flows.operate import on_arrival
+    from winnow.flows.on_arrival import on_arrival
 
     # an under-trained recipe (1 epoch): the data gates are relaxed so that only the model gate judges
     state = on_arrival(path=str(batches_dir / "b.parquet"), stream=STREAM, epochs=1, canaries_n=0,

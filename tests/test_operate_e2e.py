@@ -171,9 +171,9 @@ def test_batches_landing_in_incoming_trigger_on_arrival_runs(services, tmp_path,
     queue = lake.sql("SELECT * FROM review_queue")
     assert len(queue) > 0 and set(queue["batch_id"]) <= set(samples["batch_id"])
     assert set(queue["run_id"]) <= {r["id"] for r in runs}  # queue rows name the flow run that flagged them
-    from winnow.tasks.tracking import _mlflow
+    from winnow.tasks.tracking import mlflow_module
 
-    client = _mlflow().MlflowClient()  # pointed at the services' store
+    client = mlflow_module().MlflowClient()  # pointed at the services' store
     for _, row in arrivals.iterrows():
         run = client.get_run(row["mlflow_run_id"])
         assert run.data.tags["prefect.flow_run_id"] == row["flow_run_id"]

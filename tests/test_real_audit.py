@@ -93,6 +93,17 @@ def test_an_image_folder_is_audited_flagged_queued_and_exported(prefect_server, 
     # the relabelled flag stays (a reviewer decided); the dropped one and every undecided flag go
     assert rc == 0 and f"would write {90 - len(flags) + 1:,} of 90 rows" in out
 
+    # why: a real-data run is explained like an audit (IG and latent counterfactuals on its images)
+    rc, out, err = cli("explain", run["run_id"], "--top", "3", "--vae-epochs", "2")
+    assert rc == 0, err[-2000:]
+    explained = _rows("explanations", run["run_id"])
+    assert list(explained["sample_id"]) == list(flags.sort_values("rank")["sample_id"].head(3))
+    assert explained["cf_given_success"].notna().all() and (explained["ig_gap_given"] >= 0).all()
+    assert {"ig", "counterfactual"} <= set(_rows("explain_checks", run["run_id"])["method"])
+    from winnow.tasks import review_media
+
+    assert set(review_media.explanation_images(list(explained["sample_id"]))) == set(explained["sample_id"])
+
 
 def test_labels_csv_features_and_pred_probs(prefect_server, fresh_home, tmp_path):
     rng = np.random.default_rng(1)
@@ -121,6 +132,11 @@ def test_labels_csv_features_and_pred_probs(prefect_server, fresh_home, tmp_path
     assert run["model"] == "mlp"
     flags = _rows("flags", run["run_id"])
     assert len(set(flags["sample_id"]) & {f"e{i}" for i in range(20)}) >= 15
+    # embeddings are explained by IG over their dimensions; counterfactuals need images
+    rc, out, err = cli("explain", run["run_id"], "--top", "4")
+    assert rc == 0, err[-2000:]
+    assert len(_rows("explanations", run["run_id"])) == 4
+    assert set(_rows("explain_checks", run["run_id"])["method"]) == {"ig"}
 
     probs = np.full((n, 4), 0.02)
     probs[np.arange(n), y] = 0.94
@@ -134,6 +150,8 @@ def test_labels_csv_features_and_pred_probs(prefect_server, fresh_home, tmp_path
         f"p{i}" for i in range(20)}
     rc, _, err = cli("run", "--dataset", "parquet", "--path", str(pp), "--scorers", "tracin")
     assert rc == 2 and "need a trained model" in err
+    rc, _, err = cli("explain", run["run_id"])
+    assert rc == 2 and "audited from given pred_probs: there is no model to explain" in err.strip().splitlines()[-1]
 
 
 def test_a_backbone_embeds_then_the_head_is_audited(prefect_server, fresh_home, pets, tmp_path):

@@ -35,7 +35,7 @@ def page(tmp_path_factory):
         "sample_id": [f"u{i}" for i in flagged_idx], "given_class": [str((d.target[i] + 1) % 10) for i in flagged_idx],
         "suggested_class": [str(d.target[i]) for i in flagged_idx], "score": np.linspace(2, 1, 5),
         "rank_confident": [ranks["confident"][i] for i in flagged_idx], "rank_loss": [ranks["loss"][i] for i in flagged_idx]})
-    cfg = gates.GateConfig(min_canary_recall=0.8)
+    cfg = gates.GateConfig.load(overrides={"min_canary_recall": 0.8})
     verdict = gates.Verdict([gates.scores_gate(0.04, 0.05, 0.5, cfg), gates.model_gate(0.93, 0.95, cfg)])
     mask = np.zeros(40, bool)
     mask[flagged_idx] = True

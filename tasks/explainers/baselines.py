@@ -51,7 +51,7 @@ from torch.nn import functional as F
 BASELINE_KINDS = ("black", "mean", "blur", "uniform", "class_mean", "default")
 
 
-def _check_batch(x: torch.Tensor, name: str = "x") -> torch.Tensor:
+def check_batch(x: torch.Tensor, name: str = "x") -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.ndim < 2:
@@ -74,7 +74,7 @@ def black_baseline(x: torch.Tensor) -> torch.Tensor:
     -------
     torch.Tensor, shape (n, *sample_shape)
     """
-    return torch.zeros_like(_check_batch(x))
+    return torch.zeros_like(check_batch(x))
 
 
 def mean_baseline(x: torch.Tensor, train_x: torch.Tensor) -> torch.Tensor:
@@ -89,8 +89,8 @@ def mean_baseline(x: torch.Tensor, train_x: torch.Tensor) -> torch.Tensor:
     -------
     torch.Tensor, shape (n, *sample_shape)
     """
-    _check_batch(x)
-    _check_batch(train_x, "train_x")
+    check_batch(x)
+    check_batch(train_x, "train_x")
     if train_x.shape[1:] != x.shape[1:]:
         raise ValueError(f"train_x samples have shape {tuple(train_x.shape[1:])}, x samples {tuple(x.shape[1:])}")
     if len(train_x) == 0:
@@ -117,7 +117,7 @@ def class_means(train_x: torch.Tensor, train_y: torch.Tensor, num_classes: int) 
     ValueError
         If a class has no training images (its mean is undefined).
     """
-    _check_batch(train_x, "train_x")
+    check_batch(train_x, "train_x")
     train_y = torch.as_tensor(train_y)
     if train_y.ndim != 1 or len(train_y) != len(train_x):
         raise ValueError(f"train_y must have shape ({len(train_x)},), got {tuple(train_y.shape)}")
@@ -154,10 +154,10 @@ def class_mean_baseline(x: torch.Tensor, contrast: torch.Tensor | int, train_x: 
     -------
     torch.Tensor, shape (n, *sample_shape)
     """
-    _check_batch(x)
+    check_batch(x)
     if train_x.shape[1:] != x.shape[1:]:
         raise ValueError(f"train_x samples have shape {tuple(train_x.shape[1:])}, x samples {tuple(x.shape[1:])}")
-    contrast = _as_class_vector(contrast, len(x), num_classes, "contrast")
+    contrast = as_class_vector(contrast, len(x), num_classes, "contrast")
     means = class_means(train_x, train_y, num_classes).to(device=x.device, dtype=x.dtype)
     return means[contrast.to(x.device)].clone()
 
@@ -186,7 +186,7 @@ def blur_baseline(x: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
     -------
     torch.Tensor, same shape as ``x``
     """
-    _check_batch(x)
+    check_batch(x)
     if x.ndim not in (3, 4):
         raise ValueError(f"blur needs (n, C, H, W) or (n, C, L) inputs, got {tuple(x.shape)}")
     k = gaussian_kernel1d(sigma, x.dtype).to(x.device)
@@ -225,7 +225,7 @@ def uniform_baseline(x: torch.Tensor, low: float = 0.0, high: float = 1.0, seed:
     -------
     torch.Tensor, same shape as ``x``
     """
-    _check_batch(x)
+    check_batch(x)
     if not (math.isfinite(low) and math.isfinite(high) and low < high):
         raise ValueError(f"need finite low < high, got low={low}, high={high}")
     gen = torch.Generator().manual_seed(int(seed))
@@ -233,7 +233,7 @@ def uniform_baseline(x: torch.Tensor, low: float = 0.0, high: float = 1.0, seed:
     return (low + (high - low) * noise).to(device=x.device, dtype=x.dtype)
 
 
-def _as_class_vector(c: torch.Tensor | int, n: int, num_classes: int | None, name: str) -> torch.Tensor:
+def as_class_vector(c: torch.Tensor | int, n: int, num_classes: int | None, name: str) -> torch.Tensor:
     if isinstance(c, bool):
         raise ValueError(f"{name} must be an int or an int tensor, got bool")
     if isinstance(c, int):

@@ -52,7 +52,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .baselines import _as_class_vector, _check_batch
+from .baselines import as_class_vector, check_batch
 
 
 def _check_generator(vae) -> None:
@@ -147,14 +147,14 @@ def latent_counterfactual(classifier: nn.Module, vae, x: torch.Tensor, target: t
     if not isinstance(classifier, nn.Module):
         raise ValueError(f"classifier must be a torch.nn.Module, got {type(classifier).__name__}")
     _check_generator(vae)
-    _check_batch(x)
+    check_batch(x)
     if len(x) == 0:
         raise ValueError("x is empty")
     if not beta >= 0 or not lr > 0 or not (isinstance(max_iter, int) and max_iter >= 1):
         raise ValueError(f"need beta >= 0, lr > 0, integer max_iter >= 1; got {beta}, {lr}, {max_iter!r}")
     if min_prob is not None and not 0 < min_prob < 1:
         raise ValueError(f"min_prob must be in (0, 1), got {min_prob}")
-    target = _as_class_vector(target, len(x), None, "target").to(x.device)
+    target = as_class_vector(target, len(x), None, "target").to(x.device)
     modes = [(m, m.training) for m in (classifier, vae) if isinstance(m, nn.Module)]
     for m, _ in modes:
         m.eval()
@@ -259,8 +259,8 @@ def class_directions(vae, x: torch.Tensor, y: torch.Tensor, num_classes: int) ->
     torch.Tensor, shape (num_classes, latent_dim)
     """
     _check_generator(vae)
-    _check_batch(x)
-    y = _as_class_vector(y, len(x), num_classes, "y").to(x.device)
+    check_batch(x)
+    y = as_class_vector(y, len(x), num_classes, "y").to(x.device)
     counts = torch.bincount(y, minlength=num_classes)
     if (counts == 0).any() or (counts == len(y)).any():
         raise ValueError(f"every class needs samples of it and of other classes; class counts {counts.tolist()}")
@@ -300,10 +300,10 @@ def contrastive_scores(classifier: nn.Module, vae, x: torch.Tensor, y: torch.Ten
     if not isinstance(classifier, nn.Module):
         raise ValueError(f"classifier must be a torch.nn.Module, got {type(classifier).__name__}")
     _check_generator(vae)
-    _check_batch(x)
+    check_batch(x)
     if not strength > 0:
         raise ValueError(f"strength must be > 0, got {strength}")
-    y = _as_class_vector(y, len(x), num_classes, "y").to(x.device)
+    y = as_class_vector(y, len(x), num_classes, "y").to(x.device)
     if directions is None:
         directions = class_directions(vae, x, y, num_classes)
     if directions.ndim != 2 or directions.shape[0] != num_classes:

@@ -49,8 +49,8 @@ from torch.nn import functional as F
 
 from winnow.tasks.models.training import TrainConfig, TrainResult, default_device, train_model
 
-from .baselines import _as_class_vector, _check_batch
-from .ig import _eval_mode, gradient_x_input, integrated_gradients
+from .baselines import as_class_vector, check_batch
+from .ig import eval_mode, gradient_x_input, integrated_gradients
 
 OCCLUSION_KINDS = ("top", "least", "random")
 EDDA_MODES = ("edda", "random", "none")
@@ -115,7 +115,7 @@ def resolve_fill(fill: str | float | torch.Tensor, train_x: torch.Tensor) -> tor
     -------
     torch.Tensor, shape sample_shape
     """
-    _check_batch(train_x, "train_x")
+    check_batch(train_x, "train_x")
     shape = train_x.shape[1:]
     if isinstance(fill, torch.Tensor):
         try:
@@ -155,7 +155,7 @@ def occlusion_mask(saliency: torch.Tensor, k: float, which: str, *,
     -------
     torch.Tensor, shape (n, *sample_shape), bool
     """
-    _check_batch(saliency, "saliency")
+    check_batch(saliency, "saliency")
     if which not in OCCLUSION_KINDS:
         raise ValueError(f"which must be one of {OCCLUSION_KINDS}, got {which!r}")
     if not 0 < k <= 1:
@@ -193,7 +193,7 @@ def occlude(x: torch.Tensor, mask: torch.Tensor, fill: torch.Tensor | float) -> 
     -------
     torch.Tensor, shape (n, *sample_shape)
     """
-    _check_batch(x)
+    check_batch(x)
     if mask.shape != x.shape or mask.dtype != torch.bool:
         raise ValueError(f"mask must be a bool tensor of shape {tuple(x.shape)}, got {mask.dtype} {tuple(mask.shape)}")
     fill_t = torch.as_tensor(fill, dtype=x.dtype, device=x.device)
@@ -204,7 +204,7 @@ def smoothed_targets(y: torch.Tensor, num_classes: int, smoothing: float) -> tor
     """``(1 - smoothing) onehot(y) + smoothing / num_classes``; shape (n, num_classes)."""
     if not 0 <= smoothing <= 1:
         raise ValueError(f"smoothing must be in [0, 1], got {smoothing}")
-    y = _as_class_vector(y, len(torch.as_tensor(y).reshape(-1)), num_classes, "y")
+    y = as_class_vector(y, len(torch.as_tensor(y).reshape(-1)), num_classes, "y")
     return (1 - smoothing) * F.one_hot(y, num_classes).double() + smoothing / num_classes
 
 
@@ -233,10 +233,10 @@ def edda_augment(x: torch.Tensor, y: torch.Tensor, saliency: torch.Tensor, fill:
     q : torch.Tensor, shape (2n, num_classes)
         Smoothed targets for the first half, one-hot for the second.
     """
-    _check_batch(x)
+    check_batch(x)
     if saliency.shape != x.shape:
         raise ValueError(f"saliency shape {tuple(saliency.shape)} differs from x shape {tuple(x.shape)}")
-    y = _as_class_vector(y, len(x), num_classes, "y").to(x.device)
+    y = as_class_vector(y, len(x), num_classes, "y").to(x.device)
     top = occlusion_mask(saliency, k_salient, "random" if random_masks else "top", generator=generator)
     low = occlusion_mask(saliency, k_nonsalient, "random" if random_masks else "least", generator=generator)
     x_aug = torch.cat([occlude(x, top, fill), occlude(x, low, fill)])
@@ -301,7 +301,7 @@ def train_with_edda(model_factory: Callable[[], nn.Module], x: torch.Tensor | np
     if not isinstance(edda, EDDAConfig):
         raise ValueError(f"edda must be an EDDAConfig, got {type(edda).__name__}")
     num_classes = int(y.max()) + 1 if num_classes is None else num_classes
-    y_checked = _as_class_vector(y, len(y), num_classes, "y")
+    y_checked = as_class_vector(y, len(y), num_classes, "y")
     if edda.mode == "none" or edda.weight == 0:
         return train_model(model_factory, x, y_checked, config, device=device, on_epoch=on_epoch,
                            keep_checkpoints=keep_checkpoints)
@@ -351,7 +351,7 @@ def ig_saliency(model: nn.Module, x: torch.Tensor, y: torch.Tensor | int, fill: 
     -------
     torch.Tensor, shape (n, *sample_shape)
     """
-    _check_batch(x)
+    check_batch(x)
     baseline = torch.as_tensor(fill, dtype=x.dtype, device=x.device).expand_as(x).clone()
     return integrated_gradients(model, x, baseline, y, steps=steps, method=method,
                                 internal_batch_size=internal_batch_size).attributions
@@ -416,12 +416,12 @@ def alignment_drops(model: nn.Module, x: torch.Tensor, y: torch.Tensor | int, sa
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    _check_batch(x)
+    check_batch(x)
     if saliency.shape != x.shape:
         raise ValueError(f"saliency shape {tuple(saliency.shape)} differs from x shape {tuple(x.shape)}")
     if len(x) == 0:
         raise ValueError("x is empty")
-    y = _as_class_vector(y, len(x), None, "y").to(x.device)
+    y = as_class_vector(y, len(x), None, "y").to(x.device)
     gen = torch.Generator().manual_seed(int(seed))
     masks = {w: occlusion_mask(saliency, k, w, generator=gen) for w in OCCLUSION_KINDS}
 
@@ -432,7 +432,7 @@ def alignment_drops(model: nn.Module, x: torch.Tensor, y: torch.Tensor | int, sa
             raise ValueError(f"label {int(y.max())} >= the model's {p.shape[1]} outputs")
         return p.gather(1, y[:, None]).squeeze(1).double().cpu().numpy()
 
-    with _eval_mode(model):
+    with eval_mode(model):
         conf = prob(x)
         drops = {w: conf - prob(occlude(x, m, fill)) for w, m in masks.items()}
     return Alignment(conf, drops["top"], drops["random"], drops["least"], float(k))

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .baselines import _as_class_vector, _check_batch, make_baseline
+from .baselines import as_class_vector, check_batch, make_baseline
 
 METHODS = ("riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle", "gausslegendre")
 
@@ -131,17 +131,17 @@ def attribution_error(attributions: torch.Tensor, f_input: torch.Tensor, f_basel
 def _validate(model: nn.Module, x: torch.Tensor, baseline: torch.Tensor, target) -> torch.Tensor:
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    _check_batch(x)
-    _check_batch(baseline, "baseline")
+    check_batch(x)
+    check_batch(baseline, "baseline")
     if baseline.shape != x.shape:
         raise ValueError(f"baseline shape {tuple(baseline.shape)} differs from x shape {tuple(x.shape)}")
     if len(x) == 0:
         raise ValueError("x is empty")
-    return _as_class_vector(target, len(x), None, "target").to(x.device)
+    return as_class_vector(target, len(x), None, "target").to(x.device)
 
 
 @contextmanager
-def _eval_mode(model: nn.Module):
+def eval_mode(model: nn.Module):
     # Attributions must not depend on dropout masks or update batch-norm statistics.
     was_training = model.training
     model.eval()
@@ -200,7 +200,7 @@ def integrated_gradients(model: nn.Module, x: torch.Tensor, baseline: torch.Tens
     x, baseline = x.detach(), baseline.detach()
     diff = x - baseline
     avg_grad = torch.zeros_like(x)
-    with _eval_mode(model):
+    with eval_mode(model):
         with torch.no_grad():
             f_x = _select(model(x), target)
             f_b = _select(model(baseline), target)
@@ -277,7 +277,7 @@ def layer_integrated_gradients(model: nn.Module, layer: nn.Module | str, x: torc
     alphas, weights = path_points(steps, method)
     alphas, weights = alphas.to(x.device, x.dtype), weights.to(x.device, x.dtype)
     x, baseline = x.detach(), baseline.detach()
-    with _eval_mode(model):
+    with eval_mode(model):
         with torch.no_grad():
             a_x, logits_x = _activation(model, layer, x)
             a_b, logits_b = _activation(model, layer, baseline)
@@ -427,7 +427,7 @@ def gradient_x_input(model: nn.Module, x: torch.Tensor, target: torch.Tensor | i
         baseline = torch.zeros_like(x) if isinstance(x, torch.Tensor) else None
     target = _validate(model, x, baseline, target)
     xin = x.detach().clone().requires_grad_(True)
-    with _eval_mode(model):
+    with eval_mode(model):
         out = _select(model(xin), target)
         (grad,) = torch.autograd.grad(out.sum(), xin)
     return grad * (x.detach() - baseline.detach())
@@ -459,9 +459,9 @@ def explain_pair(model: nn.Module, x: torch.Tensor, given: torch.Tensor | int, s
     -------
     dict with keys ``"given"`` and ``"suggested"``, each an :class:`IGResult`.
     """
-    _check_batch(x)
-    given = _as_class_vector(given, len(x), num_classes, "given").to(x.device)
-    suggested = _as_class_vector(suggested, len(x), num_classes, "suggested").to(x.device)
+    check_batch(x)
+    given = as_class_vector(given, len(x), num_classes, "given").to(x.device)
+    suggested = as_class_vector(suggested, len(x), num_classes, "suggested").to(x.device)
     out = {}
     for name, tgt, contrast in (("given", given, suggested), ("suggested", suggested, given)):
         b = make_baseline("default", x, train_x=train_x, train_y=train_y, num_classes=num_classes, contrast=contrast)

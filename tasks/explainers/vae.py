@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .baselines import _check_batch
+from .baselines import check_batch
 
 
 class VAE(nn.Module):
@@ -114,7 +114,7 @@ def train_vae(x: torch.Tensor | np.ndarray, *, latent_dim: int = 8, hidden: int 
     VAETrainResult
     """
     x = torch.as_tensor(x, dtype=torch.float32)
-    _check_batch(x)
+    check_batch(x)
     if len(x) == 0:
         raise ValueError("cannot train a VAE on an empty set")
     if x.min() < 0 or x.max() > 1:
@@ -148,7 +148,7 @@ def train_vae(x: torch.Tensor | np.ndarray, *, latent_dim: int = 8, hidden: int 
 @torch.no_grad()
 def encode_mean(vae: VAE, x: torch.Tensor, batch_size: int = 2048) -> torch.Tensor:
     """Posterior means ``mu(x)``, shape (n, latent_dim), on x's device."""
-    _check_batch(x)
+    check_batch(x)
     dev = next(vae.parameters()).device
     vae.eval()
     outs = [vae.encode(x[i:i + batch_size].to(dev))[0].to(x.device) for i in range(0, len(x), batch_size)]

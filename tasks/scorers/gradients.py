@@ -49,7 +49,7 @@ _CACHE_ELEMENTS = 1 << 20
 # validation helpers
 # --------------------------------------------------------------------------------------------
 
-def _as_inputs(model: nn.Module, x, y=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def as_inputs(model: nn.Module, x, y=None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Validate and convert ``x`` (n, ...) and ``y`` (n,) to tensors in the model's dtype."""
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -76,7 +76,7 @@ def _as_inputs(model: nn.Module, x, y=None) -> tuple[torch.Tensor, torch.Tensor 
     return x, y
 
 
-def _check_batch_size(batch_size: int) -> int:
+def check_batch_size(batch_size: int) -> int:
     if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     return int(batch_size)
@@ -454,8 +454,8 @@ def per_sample_grad_sq_norms(
     -------
     np.ndarray, shape (n,), float64
     """
-    x, y = _as_inputs(model, x, y)
-    batch_size = _check_batch_size(batch_size)
+    x, y = as_inputs(model, x, y)
+    batch_size = check_batch_size(batch_size)
     if method not in ("auto", "materialise", "gram"):
         raise ValueError(f"method must be 'auto', 'materialise' or 'gram', got {method!r}")
     modules = trainable_layers(model, layers)
@@ -509,8 +509,8 @@ def per_sample_grad_dots(
     -------
     np.ndarray, shape (n,), float64
     """
-    x, y = _as_inputs(model, x, y)
-    batch_size = _check_batch_size(batch_size)
+    x, y = as_inputs(model, x, y)
+    batch_size = check_batch_size(batch_size)
     if not isinstance(vectors, dict) or not vectors:
         raise ValueError("vectors must be a non-empty dict {module: (v_weight, v_bias)}")
     allowed = set(trainable_layers(model, "all"))
@@ -605,8 +605,8 @@ def head_features(model: nn.Module, x, batch_size: int = 128) -> tuple[torch.Ten
     features : torch.Tensor, shape (n, d), on the CPU, model dtype
     logits : torch.Tensor, shape (n, C), on the CPU
     """
-    x, _ = _as_inputs(model, x)
-    batch_size = _check_batch_size(batch_size)
+    x, _ = as_inputs(model, x)
+    batch_size = check_batch_size(batch_size)
     feats, logits = [], []
     for _, f, z in iter_head_features(model, x, batch_size):
         feats.append(f.cpu())
@@ -660,8 +660,8 @@ def vmap_per_sample_sq_norms(model: nn.Module, x, y, *, batch_size: int = 16) ->
     """
     from torch.func import functional_call, grad, vmap
 
-    x, y = _as_inputs(model, x, y)
-    batch_size = _check_batch_size(batch_size)
+    x, y = as_inputs(model, x, y)
+    batch_size = check_batch_size(batch_size)
     device = model_device(model)
     # NCHW weights: vmap's batched convolutions run ~1.4x slower on channels_last ones (the CNN
     # of nets.py), and a reference should run in its own best layout

@@ -47,8 +47,8 @@ from torch.nn import functional as F
 
 from .base import Scorer, TrainingContext, register
 from .gradients import (
-    _as_inputs,
-    _check_batch_size,
+    as_inputs,
+    check_batch_size,
     _check_labels,
     ce_residual,
     head_features,
@@ -152,9 +152,9 @@ def last_layer_self_influence(model: nn.Module, x, y, *, damping: float = DEFAUL
     -------
     np.ndarray, shape (n,), float64, ≥ 0
     """
-    x, y = _as_inputs(model, x, y)
+    x, y = as_inputs(model, x, y)
     damping = _check_damping(damping)
-    batch_size = _check_batch_size(batch_size)
+    batch_size = check_batch_size(batch_size)
     if len(x) == 0:
         raise ValueError("x is empty")
     head_of(model)
@@ -288,8 +288,8 @@ def fit_ekfac(model: nn.Module, x, *, fisher: str = "mc", batch_size: int = 256,
     """
     if fisher not in FISHER_MODES:
         raise ValueError(f"fisher must be one of {FISHER_MODES}, got {fisher!r}")
-    x, _ = _as_inputs(model, x)
-    batch_size = _check_batch_size(batch_size)
+    x, _ = as_inputs(model, x)
+    batch_size = check_batch_size(batch_size)
     if len(x) == 0:
         raise ValueError("x is empty")
     if fit_samples is not None:
@@ -355,9 +355,9 @@ def ekfac_self_influence(model: nn.Module, ekfac: EKFAC, x, y, *, damping: float
     """
     if not isinstance(ekfac, EKFAC):
         raise ValueError(f"ekfac must be an EKFAC from fit_ekfac, got {type(ekfac).__name__}")
-    x, y = _as_inputs(model, x, y)
+    x, y = as_inputs(model, x, y)
     damping = _check_damping(damping)
-    batch_size = _check_batch_size(batch_size)
+    batch_size = check_batch_size(batch_size)
     modules = _ekfac_modules(model)
     if set(modules) != set(ekfac.layers):
         raise ValueError("ekfac was fitted on a different model")
@@ -454,15 +454,15 @@ def influence_on_test(
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-    x_train, y_train = _as_inputs(model, x_train, y_train)
-    x_test, y_test = _as_inputs(model, x_test, y_test)
+    x_train, y_train = as_inputs(model, x_train, y_train)
+    x_test, y_test = as_inputs(model, x_test, y_test)
     if len(x_train) == 0 or len(x_test) == 0:
         raise ValueError(f"need at least one training and one test sample, got {len(x_train)} and {len(x_test)}")
     if x_test.shape[1:] != x_train.shape[1:]:
         raise ValueError(f"test samples have shape {tuple(x_test.shape[1:])}, training samples "
                          f"{tuple(x_train.shape[1:])}")
     damping = _check_damping(damping)
-    batch_size = _check_batch_size(batch_size)
+    batch_size = check_batch_size(batch_size)
     if fisher not in FISHER_MODES:
         raise ValueError(f"fisher must be one of {FISHER_MODES}, got {fisher!r}")
     if variant == "last":
@@ -494,7 +494,7 @@ def self_influence(model: nn.Module, x, y, *, variant: str = "last", damping: fl
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     if variant == "last":
         return last_layer_self_influence(model, x, y, damping=damping, batch_size=batch_size)
-    x, y = _as_inputs(model, x, y)
+    x, y = as_inputs(model, x, y)
     ekfac = fit_ekfac(model, x, fisher=fisher, batch_size=batch_size, seed=seed, fit_samples=fit_samples)
     return ekfac_self_influence(model, ekfac, x, y, damping=damping, batch_size=batch_size)
 

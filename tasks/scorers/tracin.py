@@ -16,7 +16,7 @@ import numpy as np
 from torch import nn
 
 from .base import Scorer, TrainingContext, register
-from .gradients import _as_inputs, _check_batch_size, checkpoint_grad_sq_norms, per_sample_grad_sq_norms
+from .gradients import as_inputs, check_batch_size, checkpoint_grad_sq_norms, per_sample_grad_sq_norms
 
 
 def tracin_self_influence(
@@ -52,8 +52,8 @@ def tracin_self_influence(
         raise ValueError(f"got {len(models)} models but {len(lrs)} learning rates")
     if any(not np.isfinite(lr) or lr <= 0 for lr in lrs):
         raise ValueError(f"learning rates must be finite and positive, got {list(lrs)}")
-    x, y = _as_inputs(models[0], x, y)
-    _check_batch_size(batch_size)
+    x, y = as_inputs(models[0], x, y)
+    check_batch_size(batch_size)
     total = np.zeros(len(x))
     for model, lr in zip(models, lrs):
         total += float(lr) * per_sample_grad_sq_norms(model, x, y, layers=layers, batch_size=batch_size)
