@@ -268,11 +268,14 @@ def cmd_report(args) -> int:
         noisy, oracle = np.mean([r["noisy"] for r in rs]), np.mean([r["oracle"] for r in rs])
         cols = []
         for n in names:
-            accs = [r[key][n]["acc"] for r in rs if n in r[key]]
+            have = [r for r in rs if n in r[key]]
+            accs = [r[key][n]["acc"] for r in have]
             if not accs:
                 cols.append("")
                 continue
-            gap = remedies.gap_recovered(noisy, float(np.mean(accs)), oracle)
+            # the gap over the seeds this remedy ran on
+            gap = remedies.gap_recovered(float(np.mean([r["noisy"] for r in have])), float(np.mean(accs)),
+                                         float(np.mean([r["oracle"] for r in have])))
             cols.append(f"{_ms(accs)} ({gap:+.0%})" + (f" [{len(accs)}]" if len(accs) != len(rs) else ""))
             if n == "select":
                 for r in rs:
