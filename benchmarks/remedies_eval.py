@@ -184,6 +184,22 @@ def _ms(v, fmt=".3f") -> str:
     return f"{v.mean():{fmt}} ± {v.std(ddof=1) if len(v) > 1 else 0.0:{fmt}}"
 
 
+def temperature_scaled(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """``probs`` re-tempered by the T that minimises their NLL against the given labels (bounded 0.05–20)."""
+    from scipy.optimize import minimize_scalar
+
+    logp = np.log(np.clip(probs, 1e-12, 1.0))
+
+    def tempered(t):
+        z = logp / t
+        z = z - z.max(1, keepdims=True)
+        return z - np.log(np.exp(z).sum(1, keepdims=True))
+
+    t = minimize_scalar(lambda t: -tempered(t)[np.arange(len(labels)), labels].mean(), bounds=(0.05, 20),
+                        method="bounded").x
+    return np.exp(tempered(t))
+
+
 def estimator_errors(out: Path, methods=noise_rate.ESTIMATORS) -> dict[str, dict[str, list[float]]]:
     """setting -> estimator -> relative errors (k̂ − k)/k over the stored cells (``injected:<base>``
     where the cell has an injected pass)."""
@@ -194,6 +210,7 @@ def estimator_errors(out: Path, methods=noise_rate.ESTIMATORS) -> dict[str, dict
         k = int(arrays["flipped"].sum())
         for m in methods:
             errors[info["setting"]][m].append((noise_rate.estimate(y, probs, m) - k) / k)
+        errors[info["setting"]]["expected-T"].append((noise_rate.expected_count(y, temperature_scaled(y, probs)) - k) / k)
         inj = js.with_name(js.name.replace(".json", ".inject.npz"))
         if inj.exists():
             z = np.load(inj)
@@ -205,7 +222,7 @@ def estimator_errors(out: Path, methods=noise_rate.ESTIMATORS) -> dict[str, dict
 
 def cmd_estimators(args) -> int:
     errors = estimator_errors(Path(args.out))
-    methods = list(noise_rate.ESTIMATORS) + ["injected:expected", "injected:confident"]
+    methods = list(noise_rate.ESTIMATORS) + ["expected-T", "injected:expected", "injected:confident"]
     print("| setting | seeds | " + " | ".join(f"`{m}`" for m in methods) + " |\n|---|---|" + "---|" * len(methods))
     worst = defaultdict(float)
     within = defaultdict(int)
