@@ -430,13 +430,18 @@ def score(train_key: str, scorer: str, oos_key: str | None = None) -> str:
 
 
 @task(name="estimate-k", cache_policy=cached("scorers.confident", "noise_rate"), persist_result=True)
-def estimate_k(oos_key: str, train_key: str) -> int:
-    """The recommended estimate of how many training labels are wrong (``noise_rate.RECOMMENDED``)."""
-    from .noise_rate import estimate_noise_count
+def estimate_k(oos_key: str, train_key: str, method: str | None = None) -> int:
+    """How many training labels are wrong: ``method`` of :data:`winnow.tasks.noise_rate.ESTIMATORS`,
+    by default the recommended one (``noise_rate.RECOMMENDED``). The on-arrival gate's canary and
+    noise-rate thresholds were set on confident learning's counts (``method="confident"``; see
+    docs/remedies.md for what the default's smaller counts do to them)."""
+    from . import noise_rate
 
+    if method is not None and method not in noise_rate.ESTIMATORS:
+        raise ValueError(f"unknown noise-count estimator {method!r}; choose one of {', '.join(noise_rate.ESTIMATORS)}")
     ctx, _, _ = load_context(train_key)
     probs = artifacts.load_torch("oos", oos_key).numpy()
-    return estimate_noise_count(ctx.y.numpy(), probs)
+    return noise_rate.estimate(ctx.y.numpy(), probs, method or noise_rate.RECOMMENDED)
 
 
 # ---------------------------------------------------------------- prune, retrain, oracle
