@@ -474,8 +474,8 @@ def retrain(train_key: str, label: str, score_key: str | None, k: int, clean: bo
         scores = artifacts.load_frame("scores", score_key)["score"].to_numpy()
         flags[np.argsort(-scores, kind="stable")[:k]] = True
     y = data.train.label if clean else data.noisy
-    if not flags.any():
-        remedy = "prune"  # nothing flagged: every remedy is the plain retrain
+    if not flags.any() and remedy != "gce":
+        remedy = "prune"  # nothing flagged: every flag-based remedy is the plain retrain
     probs = artifacts.load_torch("oos", oos_key).numpy() if oos_key is not None and remedy in remedies.NEEDS_OOS else None
 
     def train_fn(rows, labels, loss_fn):
