@@ -12,10 +12,12 @@ cached) and::
     winnow run --dataset parquet --path F --noise none --model mlp --scorers loss,aum,confident
                --epochs E [--workers W]
 
-The script samples the resident memory of the whole process tree (the CLI, Prefect's temporary
-server, Dask workers) every 0.25 s, reads the per-stage seconds the flow recorded (MLflow nested
-runs) and the detection AUROC of each scorer against the flips it planted, and writes
-``scale.json`` and ``scale.md`` to ``--out``. 10^7 rows are extrapolated from the slope between
+The script samples the resident memory and CPU time of the whole process tree (the CLI,
+Prefect's temporary server, Dask workers) every 0.25 s, with the load average; reads what the flow
+recorded per stage (MLflow nested runs: seconds, start and end, and run in sequence the flow
+process's CPU seconds and peak RSS) and attributes the tree's peak RSS and CPU to each stage's
+time windows; scores each scorer's AUROC against the flips it planted; and writes ``scale.json``
+and ``scale.md`` to ``--out``. 10^7 rows are extrapolated from the slope between
 the two largest N (stated as such). One torch thread per process (``OMP_NUM_THREADS=1``).
 
 Not a test: a run at N = 10^6 takes minutes.
@@ -120,21 +122,39 @@ def write_dataset(path: Path, n: int, dim: int = 512, seed: int = 0, rate: float
 # ---------------------------------------------------------------- measuring a run
 
 
+def _name(proc) -> str:
+    """A short name for a process of the tree (what it runs)."""
+    try:
+        cmd = proc.cmdline()
+    except Exception:  # gone, or not ours to read
+        return "?"
+    text = " ".join(cmd[1:4])
+    for key in ("uvicorn", "prefect", "distributed", "dask", "winnow.flows.cli"):
+        if key in " ".join(cmd):
+            return key if key != "winnow.flows.cli" else "winnow (flow)"
+    return text[:40]
+
+
 class TreeMemory:
-    """Peak resident memory of a process and all its descendants, sampled every ``every`` s."""
+    """Resident memory and CPU seconds of a process and all its descendants, sampled every
+    ``every`` s: the peaks, and the series (for per-stage figures: :func:`stage_figures`)."""
 
     def __init__(self, pid: int, every: float = 0.25):
         import psutil
 
         self.root, self.every = psutil.Process(pid), every
         self.peak_sum = self.peak_max = 0
-        self.peak_procs = 0
+        self.peak_procs, self.peak_at, self.peak_who = 0, 0.0, []
+        self.series: list[tuple[float, int, float]] = []  # (epoch s, tree RSS bytes, tree CPU s)
+        self.load: list[float] = []  # 1-min load average, once a second or so
+        self._cpu_gone: dict[int, float] = {}  # last CPU seen of each process (kept when it exits)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
         import psutil
 
+        tick = 0
         while not self._stop.is_set():
             try:
                 procs = [self.root, *self.root.children(recursive=True)]
@@ -143,13 +163,21 @@ class TreeMemory:
             rss = []
             for p in procs:
                 try:
-                    rss.append(p.memory_info().rss)
+                    with p.oneshot():
+                        rss.append(p.memory_info().rss)
+                        t = p.cpu_times()
+                        self._cpu_gone[p.pid] = t.user + t.system
                 except psutil.Error:
                     pass
             if rss:
                 if sum(rss) > self.peak_sum:
-                    self.peak_sum, self.peak_procs = sum(rss), len(rss)
+                    self.peak_sum, self.peak_procs, self.peak_at = sum(rss), len(rss), time.time()
+                    self.peak_who = [(_name(p), r >> 20) for p, r in zip(procs, rss)]
                 self.peak_max = max(self.peak_max, max(rss))
+                self.series.append((time.time(), sum(rss), sum(self._cpu_gone.values())))
+            if tick % 4 == 0:
+                self.load.append(os.getloadavg()[0])
+            tick += 1
             self._stop.wait(self.every)
 
     def __enter__(self):
@@ -161,18 +189,45 @@ class TreeMemory:
         self._thread.join()
 
 
-def stage_seconds(home: Path, mlflow_run_id: str) -> dict[str, float]:
-    """The flow's per-stage seconds (its nested MLflow runs)."""
+def stage_records(home: Path, mlflow_run_id: str) -> list[dict]:
+    """The flow's stage records (its nested MLflow runs): name, seconds and what the flow measured
+    (``started_at``, ``ended_at``, and in sequence ``cpu_seconds``, ``peak_rss_gib`` of the flow process)."""
     import mlflow
 
     mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
     runs = mlflow.search_runs(search_all_experiments=True,
                               filter_string=f"tags.mlflow.parentRunId = '{mlflow_run_id}'")
-    out = {}
+    out = []
     for _, r in runs.iterrows():
         stage = r.get("params.stage")
         if isinstance(stage, str) and not np.isnan(r.get("metrics.seconds", np.nan)):
-            out[stage] = out.get(stage, 0.0) + float(r["metrics.seconds"])
+            out.append({"name": stage, **{m: float(r[f"metrics.{m}"]) for m in
+                                          ("seconds", "started_at", "ended_at", "cpu_seconds", "peak_rss_gib")
+                                          if f"metrics.{m}" in r and not np.isnan(r[f"metrics.{m}"])}})
+    return out
+
+
+def stage_figures(records: list[dict], series: list[tuple[float, int, float]]) -> dict[str, dict]:
+    """Per stage name: seconds (summed over its calls), the flow process's CPU seconds and peak RSS
+    (sequential runs), and from the sampled series the process tree's peak RSS and CPU seconds
+    within the stage's time windows (on Dask, stages that overlap share those)."""
+    t = np.array([s[0] for s in series]) if series else np.zeros(0)
+    rss = np.array([s[1] for s in series]) if series else np.zeros(0)
+    cpu = np.array([s[2] for s in series]) if series else np.zeros(0)
+    out: dict[str, dict] = {}
+    for r in records:
+        f = out.setdefault(r["name"], {"seconds": 0.0})
+        f["seconds"] = round(f["seconds"] + r["seconds"], 1)
+        if "cpu_seconds" in r:
+            f["cpu_s"] = round(f.get("cpu_s", 0.0) + r["cpu_seconds"], 1)
+        if "peak_rss_gib" in r:
+            f["peak_rss_flow_gib"] = round(max(f.get("peak_rss_flow_gib", 0.0), r["peak_rss_gib"]), 3)
+        if "started_at" in r and len(t):
+            inside = (t >= r["started_at"]) & (t <= r["ended_at"])
+            if inside.any():
+                f["peak_rss_tree_gib"] = round(max(f.get("peak_rss_tree_gib", 0.0), rss[inside].max() / 2**30), 3)
+                lo, hi = np.searchsorted(t, [r["started_at"], r["ended_at"]])
+                f["cpu_tree_s"] = round(f.get("cpu_tree_s", 0.0) + cpu[min(hi, len(t) - 1)] - cpu[max(lo - 1, 0)], 1)
     return out
 
 
@@ -200,7 +255,8 @@ def audit(path: Path, flipped: np.ndarray, workers: int, epochs: int, scorers: s
     if workers:
         cmd += ["--workers", str(workers)]
     print("$", " ".join(cmd[2:]), f"  (WINNOW_HOME={home})", flush=True)
-    t0 = time.perf_counter()
+    load0 = os.getloadavg()[0]
+    t0, t_wall0 = time.perf_counter(), time.time()
     with open(home / "run.log", "w") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=log, text=True, cwd=home)
         with TreeMemory(proc.pid) as mem:
@@ -209,11 +265,18 @@ def audit(path: Path, flipped: np.ndarray, workers: int, epochs: int, scorers: s
     if proc.returncode != 0:
         raise SystemExit(f"winnow run failed (exit {proc.returncode}); log: {home / 'run.log'}\n{out}")
     m = re.search(r"MLflow run id: (\w+)", out)
+    figures = stage_figures(stage_records(home, m.group(1)), mem.series) if m else {}
     result = {"n": len(flipped), "workers": workers, "epochs": epochs, "wall_s": round(wall, 1),
+              "cpu_tree_s": round(mem.series[-1][2], 1) if mem.series else None,
               "peak_rss_tree_gib": round(mem.peak_sum / 2**30, 3), "processes_at_peak": mem.peak_procs,
               "peak_rss_one_process_gib": round(mem.peak_max / 2**30, 3),
-              "stages_s": {k: round(v, 1) for k, v in stage_seconds(home, m.group(1)).items()} if m else {},
-              "auroc": scorer_auroc(home, flipped), "home": str(home)}
+              "peak_at_s": round(mem.peak_at - t_wall0, 1), "peak_processes_mib": mem.peak_who,
+              # every 8th sample (about 2 s): seconds since start, tree RSS GiB, tree CPU s
+              "series": [(round(t - t_wall0, 1), round(b / 2**30, 3), round(c, 1)) for t, b, c in mem.series[::8]],
+              "load_avg_1min": {"start": round(load0, 1), "mean": round(float(np.mean(mem.load)), 1) if mem.load else None,
+                                "max": round(max(mem.load), 1) if mem.load else None},
+              "stages_s": {k: v["seconds"] for k, v in figures.items()}, "stages": figures,
+              "auroc": scorer_auroc(home, flipped), "home": str(home), "command": " ".join(cmd[3:])}
     print(json.dumps(result), flush=True)
     if not keep:
         import shutil
@@ -225,19 +288,26 @@ def audit(path: Path, flipped: np.ndarray, workers: int, epochs: int, scorers: s
 # ---------------------------------------------------------------- report
 
 
-STAGE_ORDER = ("ingest", "validate", "commit", "inject-noise", "train", "out-of-sample", "score-loss",
-               "score-aum", "score-confident", "estimate-k", "publish")
+STAGE_ORDER = ("ingest", "validate", "commit", "inject-noise", "train", "out-of-sample-fold", "out-of-sample",
+               "checkpoint-logits", "checkpoint-logits-merge", "score-loss", "score-aum", "score-confident",
+               "estimate-k", "publish")
+
+
+def _f(v, fmt="{:.0f}") -> str:
+    return "" if v is None or (isinstance(v, float) and np.isnan(v)) else fmt.format(v)
 
 
 def markdown(results: list[dict], machine: str) -> str:
-    stages = [s for s in STAGE_ORDER if any(s in r["stages_s"] for r in results)]
-    stages += sorted({s for r in results for s in r["stages_s"]} - set(stages))
-    head = ["N", "Dask workers", "wall s", *stages, "peak RSS (tree) GiB", "largest process GiB"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    """A summary table (one row per run) and, per run, its stages: wall and CPU seconds, peak RSS."""
+    lines = ["| N × 512 | Dask workers | wall s | CPU s (tree) | peak RSS (tree) GiB | largest process GiB | "
+             "load avg (1 min: start / mean / max) | AUROC loss / aum / confident |", "|---|---|---|---|---|---|---|---|"]
     for r in results:
-        lines.append("| " + " | ".join([f"{r['n']:,}", str(r["workers"] or "—"), f"{r['wall_s']:.0f}",
-                                        *[f"{r['stages_s'].get(s, float('nan')):.0f}" for s in stages],
-                                        f"{r['peak_rss_tree_gib']:.2f}", f"{r['peak_rss_one_process_gib']:.2f}"]) + " |")
+        la = r.get("load_avg_1min") or {}
+        au = r.get("auroc", {})
+        lines.append(f"| {r['n']:,} | {r['workers'] or '—'} | {r['wall_s']:.0f} | {_f(r.get('cpu_tree_s'))} | "
+                     f"{r['peak_rss_tree_gib']:.2f} | {r['peak_rss_one_process_gib']:.2f} | "
+                     f"{_f(la.get('start'), '{:.1f}')} / {_f(la.get('mean'), '{:.1f}')} / {_f(la.get('max'), '{:.1f}')} | "
+                     + " / ".join(_f(au.get(k), "{:.3f}") for k in ("loss", "aum", "confident")) + " |")
     # 10^7 on paper: linear in N from the two largest measured N, per worker setting
     for w in sorted({r["workers"] for r in results}):
         by_n = {r["n"]: r for r in results if r["workers"] == w}  # the last run of each N
@@ -245,13 +315,27 @@ def markdown(results: list[dict], machine: str) -> str:
         if len(rs) >= 2:
             a, b = rs[-2], rs[-1]
             f = lambda key: b[key] + (b[key] - a[key]) * (10_000_000 - b["n"]) / (b["n"] - a["n"])  # noqa: E731
-            lines.append(f"| 10,000,000 (extrapolated) | {w or '—'} | {f('wall_s'):.0f} | "
-                         + " | ".join("" for _ in stages) + f" | {f('peak_rss_tree_gib'):.2f} | "
-                         f"{f('peak_rss_one_process_gib'):.2f} |")
-    lines += ["", f"Machine: {machine}.", "",
-              "AUROC against the planted flips: " + "; ".join(
-                  f"N={r['n']:,}, workers {r['workers']}: " + ", ".join(f"{k} {v:.3f}" for k, v in r["auroc"].items())
-                  for r in results)]
+            lines.append(f"| 10,000,000 (extrapolated, linear) | {w or '—'} | {f('wall_s'):.0f} | | "
+                         f"{f('peak_rss_tree_gib'):.2f} | {f('peak_rss_one_process_gib'):.2f} | | |")
+    for r in results:
+        stages = r.get("stages") or {k: {"seconds": v} for k, v in r["stages_s"].items()}
+        names = [s for s in STAGE_ORDER if s in stages] + sorted(set(stages) - set(STAGE_ORDER))
+        lines += ["", f"N = {r['n']:,}, {'Dask, ' + str(r['workers']) + ' workers' if r['workers'] else 'sequential'}: "
+                      f"`winnow {r.get('command', '')}`" + (" --workers " + str(r["workers"]) if r["workers"] and
+                                                            "--workers" not in r.get("command", "") else ""), "",
+                  "| stage | wall s | CPU s (flow process) | CPU s (tree, in the stage's windows) | "
+                  "peak RSS (tree) GiB | peak RSS (flow process) GiB |", "|---|---|---|---|---|---|"]
+        for name in names:
+            st = stages[name]
+            lines.append(f"| {name} | {st['seconds']:.1f} | {_f(st.get('cpu_s'), '{:.1f}')} | "
+                         f"{_f(st.get('cpu_tree_s'), '{:.1f}')} | {_f(st.get('peak_rss_tree_gib'), '{:.2f}')} | "
+                         f"{_f(st.get('peak_rss_flow_gib'), '{:.2f}')} |")
+        staged = sum(st["seconds"] for n_, st in stages.items() if not r["workers"])
+        if not r["workers"]:
+            lines.append(f"| outside the stages (start-up, Prefect server, publish) | {r['wall_s'] - staged:.1f} | | "
+                         f"{_f((r.get('cpu_tree_s') or 0) - sum(st.get('cpu_tree_s', 0) for st in stages.values()), '{:.1f}')}"
+                         f" | | |")
+    lines += ["", f"Machine: {machine}."]
     return "\n".join(lines)
 
 

@@ -8,6 +8,8 @@
 
 ``winnow serve`` (or ``python deployments/winnow_deployments.py``) serves both against the
 server in ``PREFECT_API_URL``; flow runs execute in that process's machine, one subprocess each.
+Both run their tasks on Dask when ``WINNOW_WORKERS`` / ``WINNOW_DASK`` are set (``winnow serve
+--workers N`` / ``--dask ADDRESS`` set them; the flows read them where they are defined).
 """
 from __future__ import annotations
 

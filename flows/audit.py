@@ -17,12 +17,13 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.context import get_run_context
 
 from winnow.flows.scaleout import Stages
-from winnow.flows.scaleout import Pending, out_of_sample
+from winnow.flows.scaleout import Pending, checkpoint_logits, out_of_sample, runner_from_env
 from winnow.tasks import artifacts, lake, noise_rate, stages
 from winnow.tasks.metrics import detection_metrics
 from winnow.tasks.plots import detection_curves
 from winnow.tasks.remedies import DEFAULT_REMEDY, NEEDS_OOS, REMEDIES
 from winnow.tasks.scorers import default_scorers, parse_scorer_list
+from winnow.tasks.scorers.base import scorer_class
 from winnow.tasks.settings import paths
 from winnow.tasks.tracking import log_audit
 
@@ -98,7 +99,11 @@ def audit(dataset: str = "digits", path: str | None = None, limit: int | None = 
     # submitted side by side on Dask (--workers/--dask): the folds, then the scorers and the k estimate
     oos_key = (train_key if model == stages.GIVEN_PROBS
                else out_of_sample(run, train_key) if needs_oos else None)
-    score_keys = {n: run.submit(f"score-{n}", stages.score, train_key, n, oos_key) for n in names}
+    # the checkpoint logits once, in shards (side by side on Dask), for the scorers that read only them
+    readers = [n for n in names if scorer_class(n).reads_checkpoint_logits] if model != stages.GIVEN_PROBS else []
+    logits_key = checkpoint_logits(run, train_key, info["n"]) if readers else None
+    score_keys = {n: run.submit(f"score-{n}", stages.score, train_key, n, oos_key,
+                                **({"logits_key": logits_key} if n in readers else {})) for n in names}
     if prune_k is None:
         k, k_source = run("estimate-k", stages.estimate_k, oos_key, train_key), noise_rate.SOURCE
     else:
@@ -123,6 +128,11 @@ def audit(dataset: str = "digits", path: str | None = None, limit: int | None = 
 
         run("explain", explain, result.mlflow_run_id, top=explain_top, scorer=names[0])
     return result
+
+
+# a served deployment's runs (``winnow serve --workers N`` / ``--dask ADDRESS``) take the task
+# runner from WINNOW_WORKERS / WINNOW_DASK; unchanged when neither is set (``winnow run`` passes its own)
+audit = runner_from_env(audit)
 
 
 def _check_run(info: dict, model: str, names: list[str], noise: str, backbone: str | None) -> None:

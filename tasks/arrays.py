@@ -9,14 +9,17 @@ cache keeps them), so the process's memory does not grow with the file either.
 """
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
+from .data.blocks import mmap_of
 from .models.rows import Rows
 from .settings import paths
 
@@ -62,6 +65,43 @@ def write_npy(key: str, shape: tuple[int, ...], dtype, blocks: Iterable[np.ndarr
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return dest
+
+
+@contextlib.contextmanager
+def spill_folder():
+    """A private folder beside the array artifacts for a reader to spill large columns into
+    (:func:`winnow.tasks.data.tables.load_parquet`); removed, with whatever is left in it, on exit."""
+    root = paths().artifacts / "arrays"
+    root.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=".spill-", suffix=".tmp", dir=root))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def adopt(values: np.ndarray, key: str) -> Path | None:
+    """Make the ``.npy`` file ``values`` maps (a spilled column of a batch) the array artifact
+    ``arrays/<key>.npy``, so the batch's values are not written a second time from the lake.
+
+    Only a whole ``.npy`` file holding exactly ``values`` (same shape, dtype, offset) is moved;
+    anything else (values in memory, a subset, a reshaped view) is left alone. Returns the
+    artifact's path, or None.
+    """
+    name = getattr(values, "filename", None)
+    if not isinstance(values, np.memmap) or not name or not Path(name).name.endswith(".npy"):
+        return None
+    with open(name, "rb") as fh:
+        major, _ = np.lib.format.read_magic(fh)
+        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(fh)
+        offset = fh.tell()
+    if fortran or tuple(shape) != values.shape or dtype != values.dtype or values.offset != offset:
+        return None
+    dest = array_path(key)
+    if not dest.exists():
+        os.replace(name, dest)  # same folder tree, same file system: a rename
     return dest
 
 
@@ -123,15 +163,6 @@ class RowFile:
             os.close(self._fd)
 
 
-def _mmap_of(array: np.ndarray) -> mmap.mmap | None:
-    base = array
-    while base is not None:
-        if isinstance(base, mmap.mmap):
-            return base
-        base = getattr(base, "base", None) if not isinstance(base, memoryview) else base.obj
-    return None
-
-
 def rows_of(values: np.ndarray) -> Rows:
     """A batch's stored values as :class:`Rows` of model inputs: uint8 pixels divided by 255, as
     ``Dataset.x`` does. The values of an ``.npy`` artifact (:func:`open_mapped`) are read from
@@ -140,7 +171,7 @@ def rows_of(values: np.ndarray) -> Rows:
     divisor = 255.0 if values.dtype == np.uint8 else None
     if isinstance(values, np.memmap) and isinstance(values.base, mmap.mmap) and values.filename:
         return Rows(RowFile(values.filename, values.offset, values.shape, values.dtype), divisor=divisor)
-    mm = _mmap_of(values)
+    mm = mmap_of(values)
     release = (lambda: mm.madvise(mmap.MADV_DONTNEED)) if mm is not None else None
     return Rows(values, divisor=divisor, release=release)
 
@@ -179,7 +210,7 @@ def mapped_training_set(batch_id: str):
     p = _batch_file(batch_id)
     if not p.exists():
         raise FileNotFoundError(f"{p}: batch {batch_id} is not in the lake")
-    pf = pq.ParquetFile(p)
+    pf = pq.ParquetFile(p, pre_buffer=False)  # pre-buffered, the reader kept every row group read
     meta = json.loads(pf.schema_arrow.metadata[b"winnow"])
     columns = [c for c in pf.schema_arrow.names if c != "pixels"]
     # without the values column, from_table fills them with zeros the kernel never backs
@@ -207,10 +238,10 @@ def mapped_subset(ds, mask: np.ndarray, key: str):
     if mask.all():
         return ds
     positions = np.flatnonzero(mask)
-    if ds.values.size == 0 or _mmap_of(ds.values) is None:
+    if ds.values.size == 0 or mmap_of(ds.values) is None:
         return ds.subset(mask)
     sub_key = f"{key}-{hashlib.sha256(positions.tobytes()).hexdigest()[:12]}"
-    mm = _mmap_of(ds.values)
+    mm = mmap_of(ds.values)
 
     def chunks():
         for i in range(0, len(positions), CHUNK_ROWS):

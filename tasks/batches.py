@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -36,31 +37,71 @@ def from_binary(column, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
     return data.view(dtype).reshape((n, *shape))
 
 
-def to_table(ds: Dataset, batch_id: str) -> pa.Table:
+def _columns(ds: Dataset, batch_id: str) -> dict[str, pa.Array]:
+    """Every column but the values (``pixels``, ``pred_probs``), in the part's column order."""
     n = len(ds)
     cols = {
         "sample_id": pa.array(ds.sample_id.astype(str), type=pa.string()),
-        "batch_id": pa.array([batch_id] * n, type=pa.string()),
-        "dataset": pa.array([ds.name] * n, type=pa.string()),
+        "batch_id": pa.repeat(pa.scalar(batch_id, pa.string()), n),
+        "dataset": pa.repeat(pa.scalar(ds.name, pa.string()), n),
         "split": pa.array(ds.split.astype(str), type=pa.string()),
         "label": pa.array(ds.label, type=pa.int64()),
         "class_name": pa.array(_class_names(ds), type=pa.string()),
     }
     if ds.raw_label is not None:
         cols["label_raw"] = pa.array(ds.raw_label.astype(str), type=pa.string())
-    if ds.values.size:
-        cols["pixels"] = _fixed_binary(ds.values)
-    if ds.pred_probs is not None:
-        cols["pred_probs"] = _fixed_binary(np.asarray(ds.pred_probs, dtype="<f8"))
+    return cols
+
+
+def _metadata(ds: Dataset) -> dict[str, str]:
     meta = {"shape": list(ds.sample_shape), "dtype": np.dtype(ds.values.dtype).newbyteorder("<").str,
             "class_names": ds.class_names, "value_range": list(ds.value_range), "name": ds.name, "kind": ds.kind,
             "source": {k: v for k, v in ds.meta.items() if isinstance(v, (str, int, float, list, dict))}}
-    return pa.table(cols).replace_schema_metadata({"winnow": json.dumps(meta, default=str)})
+    return {"winnow": json.dumps(meta, default=str)}
 
 
-def _class_names(ds: Dataset) -> list[str]:
+def _with_values(cols: dict, values: np.ndarray, pred_probs: np.ndarray | None, metadata: dict) -> pa.Table:
+    cols = dict(cols)
+    if values.size:
+        cols["pixels"] = _fixed_binary(values)
+    if pred_probs is not None:
+        cols["pred_probs"] = _fixed_binary(np.asarray(pred_probs, dtype="<f8"))
+    return pa.table(cols).replace_schema_metadata(metadata)
+
+
+def to_table(ds: Dataset, batch_id: str) -> pa.Table:
+    return _with_values(_columns(ds, batch_id), ds.values, ds.pred_probs, _metadata(ds))
+
+
+def write_table(ds: Dataset, batch_id: str, dest: Path) -> Path:
+    """Write ``to_table(ds, batch_id)`` to ``dest`` (atomically) a block of rows at a time, one
+    row group per block: a memory-mapped ``ds.values`` is never in memory whole."""
+    from .data.blocks import row_blocks
+
+    cols, metadata = _columns(ds, batch_id), _metadata(ds)
+    if not len(ds) or ds.values.size == 0:  # nothing large: one table, as before
+        return lake.atomic_write_parquet(to_table(ds, batch_id), dest)
+
+    def parts():
+        at = 0
+        for block in row_blocks(ds.values):
+            m = len(block)
+            probs = None if ds.pred_probs is None else ds.pred_probs[at:at + m]
+            yield _with_values({c: a.slice(at, m) for c, a in cols.items()}, block, probs, metadata)
+            at += m
+
+    return lake.atomic_write_parquet_parts(parts(), dest)
+
+
+def _class_names(ds: Dataset) -> np.ndarray:
+    """Each row's class name, or its raw label where that is not in the class set (one Python
+    step per unknown row, not per row)."""
+    known = (ds.label >= 0) & (ds.label < ds.num_classes)
+    out = np.empty(len(ds), dtype=object)
+    out[known] = np.asarray(list(ds.class_names) + [""], dtype=object)[ds.label[known]]
     raw = ds.raw_label if ds.raw_label is not None else ds.label.astype(str)
-    return [ds.class_names[i] if 0 <= i < ds.num_classes else str(raw[j]) for j, i in enumerate(ds.label)]
+    out[~known] = [str(r) for r in np.asarray(raw, dtype=object)[~known]]
+    return out
 
 
 def from_table(table: pa.Table) -> Dataset:
@@ -101,7 +142,7 @@ def _write_once(ds: Dataset, path_of) -> str:
     key = ds.content_hash()
     dest = path_of(key)
     if not (dest.exists() and lake.is_readable(dest)):  # a truncated copy is rewritten
-        lake.atomic_write_parquet(to_table(ds, key), dest)
+        write_table(ds, key, dest)
     return key
 
 
@@ -110,11 +151,33 @@ def stage(ds: Dataset) -> str:
     return _write_once(ds, staging_path)
 
 
-def load_staged(batch_id: str) -> Dataset:
+def load_staged(batch_id: str, values: bool = True) -> Dataset:
+    """The staged batch; ``values=False`` leaves the values unread (zeros the kernel never backs,
+    see :func:`from_table`): read them a row group at a time with :func:`value_blocks`."""
     p = staging_path(batch_id)
     if not p.exists():
         raise FileNotFoundError(f"{p}: staged batch missing (rerun with --refresh)")
-    return from_table(lake.read_parquet(p))
+    if values:
+        return from_table(lake.read_parquet(p))
+    names = lake.parquet_schema(p).names
+    return from_table(lake.read_parquet(p, columns=[c for c in names if c != "pixels"]))
+
+
+def has_values(path: Path) -> bool:
+    """Whether a batch part has a values column (``pixels``; pred_probs-only batches have none)."""
+    return "pixels" in lake.parquet_schema(path).names
+
+
+def value_blocks(path: Path) -> Iterator[np.ndarray]:
+    """The values of a batch part a row group at a time (page checksums verified), each as
+    stored, shape (m, *sample_shape); nothing when the part has no values column."""
+    schema = lake.parquet_schema(path)
+    if "pixels" not in schema.names:
+        return
+    meta = json.loads(schema.metadata[b"winnow"])
+    dtype, shape = meta.get("dtype", "<f4"), tuple(meta["shape"])
+    for batch in lake.iter_parquet(path, columns=["pixels"]):
+        yield from_binary(batch.column(0), dtype, shape)
 
 
 def commit(batch_id: str) -> Path:
@@ -122,9 +185,9 @@ def commit(batch_id: str) -> Path:
     dest = lake.part_path("samples", batch_id)
     if dest.exists() and lake.is_readable(dest):
         return dest
-    # Through a private temp file (two runs may commit the same batch at once) whose write
-    # verifies the staged copy's checksums on the way in.
-    return lake.atomic_write_parquet(lake.read_parquet(staging_path(batch_id)), dest)
+    # Through a private temp file (two runs may commit the same batch at once); the staged
+    # copy's page checksums are verified on the way (a row group at a time), its bytes copied.
+    return lake.verified_copy(staging_path(batch_id), dest)
 
 
 def pool_path(pool_id: str) -> Path:

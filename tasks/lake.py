@@ -11,9 +11,11 @@ import errno
 import fcntl
 import hashlib
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import pandas as pd
 import pyarrow as pa
@@ -59,6 +61,12 @@ def atomic_write_parquet(table: pa.Table, dest: Path) -> Path:
     so a bit flipped on disk is detected instead of read as data. A full disk or a read-only
     folder raises ``OSError`` naming ``dest`` and leaves no temp file behind.
     """
+    return _atomic(dest, lambda tmp: pq.write_table(table, tmp, compression="zstd", write_page_checksum=True))
+
+
+def _atomic(dest: Path, write) -> Path:
+    """Call ``write(tmp)`` on a temp file beside ``dest``, then rename it to ``dest``; an error
+    removes the temp file (an ``OSError`` is raised again naming ``dest``)."""
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
@@ -66,7 +74,7 @@ def atomic_write_parquet(table: pa.Table, dest: Path) -> Path:
         raise write_failed(dest.parent, exc) from exc
     os.close(fd)
     try:
-        pq.write_table(table, tmp, compression="zstd", write_page_checksum=True)
+        write(tmp)
         os.replace(tmp, dest)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
@@ -75,6 +83,26 @@ def atomic_write_parquet(table: pa.Table, dest: Path) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return dest
+
+
+def atomic_write_parquet_parts(parts: Iterable[pa.Table], dest: Path) -> Path:
+    """:func:`atomic_write_parquet` for a table given as consecutive parts (same schema, the
+    first part's), each written as it comes: a large table is never in memory whole."""
+
+    def write(tmp):
+        writer = None
+        try:
+            for part in parts:
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, part.schema, compression="zstd", write_page_checksum=True)
+                writer.write_table(part)
+        finally:
+            if writer is not None:
+                writer.close()
+        if writer is None:
+            raise ValueError(f"{dest}: no table to write (no parts)")
+
+    return _atomic(dest, write)
 
 
 def read_parquet(path: Path, columns: list[str] | None = None) -> pa.Table:
@@ -91,7 +119,46 @@ def read_parquet(path: Path, columns: list[str] | None = None) -> pa.Table:
     except (OSError, pa.ArrowException) as exc:
         if isinstance(exc, FileNotFoundError):
             raise
-        raise CorruptFile(path, f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+        raise _corrupt(path, exc) from None
+
+
+def _corrupt(path: Path, exc: Exception) -> CorruptFile:
+    return CorruptFile(path, f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+
+
+def parquet_schema(path: Path) -> pa.Schema:
+    """The Arrow schema (with its metadata) of a Parquet file, from its footer."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(errno.ENOENT, "file not found", str(path))
+    try:
+        return pq.read_schema(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise _corrupt(path, exc) from None
+
+
+def iter_parquet(path: Path, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+    """A lake part or Parquet artifact a row group at a time, page checksums verified as in
+    :func:`read_parquet` (memory: one row group, not the file)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(errno.ENOENT, "file not found", str(path))
+    try:
+        pf = pq.ParquetFile(path, page_checksum_verification=True, pre_buffer=False)
+        for i in range(pf.num_row_groups):
+            yield from pf.read_row_group(i, columns=columns).to_batches()
+    except (OSError, pa.ArrowException) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise _corrupt(path, exc) from None
+
+
+def verified_copy(src: Path, dest: Path) -> Path:
+    """Copy ``src`` to ``dest`` byte for byte (temp file + rename) after reading it back a row
+    group at a time with its page checksums verified (:class:`CorruptFile` when one fails)."""
+    for _ in iter_parquet(src):
+        pass
+    return _atomic(dest, lambda tmp: shutil.copyfile(src, tmp))
 
 
 def is_readable(path: Path) -> bool:

@@ -31,7 +31,7 @@ from .models import TrainConfig, build_model
 from .models.training import accuracy, predict_logits
 from .scorers import TrainingContext, get_scorer
 from .settings import paths
-from .validation import validate_batch
+from .validation import validate_batch, value_summaries
 
 
 def _module_files(name: str) -> list[Path]:
@@ -86,8 +86,12 @@ class CodeVersion(CachePolicy):
         return h.hexdigest()[:16]
 
 
-def cached(*modules: str, scorer_input: str | None = None) -> CachePolicy:
-    return INPUTS + TASK_SOURCE + CodeVersion(modules=tuple(f"winnow.tasks.{m}" for m in modules),
+def cached(*modules: str, scorer_input: str | None = None, not_keyed: tuple[str, ...] = ()) -> CachePolicy:
+    """``not_keyed``: inputs left out of the key (a result they only make faster to compute)."""
+    inputs = INPUTS
+    for name in not_keyed:
+        inputs = inputs - name
+    return inputs + TASK_SOURCE + CodeVersion(modules=tuple(f"winnow.tasks.{m}" for m in modules),
                                               scorer_input=scorer_input)
 
 
@@ -158,9 +162,12 @@ class InputOptions:
 def ingest(dataset: str, path: str | None, limit: int | None, fingerprint: str, options: dict | None = None) -> dict:
     """Load a source into a staged batch; returns its batch id (content hash) and what was read."""
     opts = InputOptions(**(options or {}))
-    ds = load_source(dataset, path, limit, classes=opts.class_spec(), shape=opts.shape, image_size=opts.image_size,
-                     label_column=opts.label_column)
-    batch_id = batches.stage(ds)
+    # a Parquet file's big columns go to a file, not to memory; staged, it becomes the batch's array
+    with arrays.spill_folder() as spill:
+        ds = load_source(dataset, path, limit, classes=opts.class_spec(), shape=opts.shape,
+                         image_size=opts.image_size, label_column=opts.label_column, spill_dir=spill)
+        batch_id = batches.stage(ds)
+        arrays.adopt(ds.values, batch_id)
     get_run_logger().info("ingested %s (%s, %s): %d samples (%d train), shape %s, %d classes (%s), batch %s",
                           ds.name, ds.kind, ds.meta.get("form", dataset), len(ds), int((ds.split == "train").sum()),
                           ds.sample_shape, ds.num_classes, ds.meta.get("classes_source", "fixed"), batch_id)
@@ -173,7 +180,13 @@ def ingest(dataset: str, path: str | None, limit: int | None, fingerprint: str, 
 @task(name="validate", cache_policy=cached("validation", "data"), persist_result=True)
 def validate(batch_id: str, class_count: int | None = None, min_class_samples: int = MIN_CLASS_SAMPLES) -> dict:
     """Great Expectations batch suite; raises ValidationFailed (one line per failure)."""
-    report = validate_batch(batches.load_staged(batch_id), class_count, min_class_samples)
+    # the values a row group at a time: the suite checks their per-sample summaries, so a batch
+    # of any size is validated without holding it (same expectations, same failures)
+    ds = batches.load_staged(batch_id, values=False)
+    staged = batches.staging_path(batch_id)
+    summaries = (value_summaries(batches.value_blocks(staged), len(ds)) if batches.has_values(staged)
+                 else None)  # no values column (pred_probs): nothing to read
+    report = validate_batch(ds, class_count, min_class_samples, summaries=summaries)
     get_run_logger().info("batch %s passed %d expectations", batch_id, len(report.results))
     return {"suite": report.suite, "checks": len(report.results), "markdown": report.markdown()}
 
@@ -288,12 +301,21 @@ def load_audit_data(batch_id: str, noise_key: str) -> AuditData:
     # a committed batch, or a pool of them (operate flow), its values memory-mapped, not loaded:
     # training and scoring read them a batch at a time (arrays.rows_of)
     ds = arrays.mapped_training_set(batch_id)
-    nz = artifacts.load_frame("noise", noise_key).set_index("sample_id")
-    audited = pd.Index(ds.sample_id.astype(str)).isin(nz.index)  # np.isin on object arrays is quadratic
+    nz = artifacts.load_frame("noise", noise_key)
+    ids = np.asarray(ds.sample_id.astype(str), dtype=object)
+    listed = nz["sample_id"].to_numpy(dtype=object)
+    if len(listed) == len(ids) and np.array_equal(listed, ids):
+        # every row audited, in the batch's order (an audit of real labels): nothing to look up
+        audited, at = np.ones(len(ds), dtype=bool), np.arange(len(ds))
+    else:
+        # object-dtype indexes hash in C (np.isin on object arrays is quadratic, and pandas'
+        # Arrow-backed strings test each id in Python: 52 of the 60 s a load_context took at 10^6)
+        index = pd.Index(listed, dtype=object)
+        audited = pd.Index(ids, dtype=object).isin(index)
+        at = index.get_indexer(ids[audited])
     train = arrays.mapped_subset(ds, audited, batch_id)
     test = arrays.mapped_subset(ds, ~audited & (ds.split == "test"), batch_id)
-    nz = nz.loc[train.sample_id.astype(str)]
-    return AuditData(train, nz["noisy_label"].to_numpy(np.int64), nz["is_flipped"].to_numpy(bool), test)
+    return AuditData(train, nz["noisy_label"].to_numpy(np.int64)[at], nz["is_flipped"].to_numpy(bool)[at], test)
 
 
 def model_factory(kind: str, shape: tuple[int, ...], num_classes: int):
@@ -412,12 +434,66 @@ def _with_oos(ctx: TrainingContext, oos_key: str | None) -> TrainingContext:
     return ctx
 
 
-@task(name="score", cache_policy=cached("scorers.base", "models", scorer_input="scorer"), persist_result=True,
-      task_run_name="score-{scorer}")
-def score(train_key: str, scorer: str, oos_key: str | None = None) -> str:
-    """Run one registered scorer; returns the key of its score table."""
+#: rows per shard of the stored checkpoint logits: a multiple of ``predict_logits``' batch (128),
+#: so a shard computes bit for bit the logits one pass over the whole set does
+LOGIT_SHARD_ROWS = 1 << 18
+
+
+def logit_shards(n: int, rows: int | None = None) -> list[tuple[int, int]]:
+    """``[start, stop)`` row ranges covering ``n`` rows, ``rows`` each (default
+    :data:`LOGIT_SHARD_ROWS`; one empty range when n = 0)."""
+    rows = rows or LOGIT_SHARD_ROWS
+    if n < 0 or rows < 1 or rows % 128:
+        raise ValueError(f"logit_shards: n must be >= 0 and rows a positive multiple of 128, got {n}, {rows}")
+    return [(a, min(n, a + rows)) for a in range(0, n, rows)] or [(0, 0)]
+
+
+@task(name="checkpoint-logits", cache_policy=cached("models", "scorers.base"), persist_result=True,
+      task_run_name="checkpoint-logits-{start}")
+def checkpoint_logits_shard(train_key: str, start: int, stop: int) -> str:
+    """The training rows ``[start, stop)``'s logits at every checkpoint, stored as an array
+    artifact of shape (m, T, C) float32 (rows first, so shards concatenate); returns its key.
+    Rows past the end of the training set are dropped (a shard plan made from the batch size)."""
+    ctx, _, _ = load_context(train_key)
+    if not 0 <= start <= stop:
+        raise ValueError(f"checkpoint-logits: rows [{start}, {stop}) is not a range")
+    start, stop = min(start, ctx.n), min(stop, ctx.n)
+    rows = ctx.rows.subset(np.arange(start, stop))
+    logits = np.stack([predict_logits(ctx.model_at(t), rows, device=ctx.device).numpy()
+                       for t in range(len(ctx.checkpoints))], axis=1) if stop > start else \
+        np.zeros((0, len(ctx.checkpoints), ctx.num_classes), dtype=np.float32)
+    key = artifacts.key_of("logits-shard", train_key, start, stop)
+    arrays.write_npy(key, logits.shape, np.float32, [logits])
+    return key
+
+
+@task(name="checkpoint-logits-merge", cache_policy=cached("models", "scorers.base"), persist_result=True)
+def merge_checkpoint_logits(train_key: str, shard_keys: list[str]) -> str:
+    """The shards' logits as one array artifact, shape (n, T, C) float32, rows in order; returns its key."""
+    parts = [arrays.open_mapped(k) for k in shard_keys]
+    if not parts or any(p.shape[1:] != parts[0].shape[1:] for p in parts):
+        raise ValueError(f"checkpoint-logits-merge: shards of shapes {[p.shape for p in parts]} do not stack")
+    key = artifacts.key_of("logits", train_key)
+    arrays.write_npy(key, (sum(len(p) for p in parts), *parts[0].shape[1:]), np.float32, parts)
+    return key
+
+
+def stored_checkpoint_logits(logits_key: str) -> torch.Tensor:
+    """The merged logits artifact as :meth:`TrainingContext.checkpoint_logits` gives them: (T, n, C)."""
+    stored = np.load(arrays.array_path(logits_key))  # (n, T, C): per-sample scores' size, not the set's
+    return torch.from_numpy(np.ascontiguousarray(stored.transpose(1, 0, 2)))
+
+
+@task(name="score", cache_policy=cached("scorers.base", "models", scorer_input="scorer", not_keyed=("logits_key",)),
+      persist_result=True, task_run_name="score-{scorer}")
+def score(train_key: str, scorer: str, oos_key: str | None = None, logits_key: str | None = None) -> str:
+    """Run one registered scorer; returns the key of its score table. ``logits_key``: the stored
+    checkpoint logits (:func:`merge_checkpoint_logits`), read instead of computed; the scores are
+    the same (bit for bit), so the key is not part of the cache key."""
     ctx, data, _ = load_context(train_key)
     _with_oos(ctx, oos_key)
+    if logits_key:
+        ctx._cache["checkpoint_logits"] = stored_checkpoint_logits(logits_key)
     t0 = time.perf_counter()
     values = get_scorer(scorer)(ctx)
     seconds = time.perf_counter() - t0

@@ -8,10 +8,12 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
+from typing import Iterable
 
 import numpy as np
 import pandas as pd
 
+from .data.blocks import model_inputs
 from .data.classes import MIN_CLASS_SAMPLES
 from .data.dataset import SPLITS, Dataset
 
@@ -101,8 +103,11 @@ def run_suite(df: pd.DataFrame, expectations: list, suite_name: str,
 
 _CHUNK = 8192  # rows per pass of the pixel summaries: memory stays flat however large the batch
 
+#: per-sample value summaries the batch suite checks: min, max (finite values) and non-finite count
+Summaries = tuple[np.ndarray, np.ndarray, np.ndarray]
 
-def _value_summaries(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+
+def _value_summaries(x: np.ndarray) -> Summaries:
     n = len(x)
     lo, hi = np.zeros(n), np.zeros(n)
     bad = np.zeros(n, dtype=np.int64)
@@ -118,6 +123,31 @@ def _value_summaries(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return lo, hi, bad
 
 
+def value_summaries(blocks: Iterable[np.ndarray], n: int) -> Summaries:
+    """The per-sample summaries of a batch's values given a block of rows at a time (the stored
+    values of each block, in order: shape (m_i, *sample_shape), sum of m_i = n), so a batch of any
+    size is checked holding one block. Equal to the summaries of the whole ``Dataset.x``.
+
+    Returns
+    -------
+    lo, hi : np.ndarray, shape (n,), float64 — each row's smallest / largest finite model input
+    bad : np.ndarray, shape (n,), int64 — each row's count of non-finite values
+    """
+    lo, hi = np.zeros(n), np.zeros(n)
+    bad = np.zeros(n, dtype=np.int64)
+    at = 0
+    for block in blocks:
+        if at + len(block) > n:
+            raise ValueError(f"value_summaries: the blocks hold more than the declared {n} rows")
+        part = _value_summaries(model_inputs(block))
+        for whole, piece in zip((lo, hi, bad), part):
+            whole[at:at + len(block)] = piece
+        at += len(block)
+    if at != n:
+        raise ValueError(f"value_summaries: the blocks hold {at} rows, declared {n}")
+    return lo, hi, bad
+
+
 def label_column(ds: Dataset) -> pd.Series:
     """Labels for the suite: the class index, or the raw text where it is not in the class set
     (so a refusal names the value the file holds, e.g. '57', '3.5', '%%')."""
@@ -128,10 +158,11 @@ def label_column(ds: Dataset) -> pd.Series:
     return labels
 
 
-def batch_frame(ds: Dataset) -> pd.DataFrame:
+def batch_frame(ds: Dataset, summaries: Summaries | None = None) -> pd.DataFrame:
     """One row per sample with the summaries the batch suite checks (GX validates tables, so
-    the pixel checks run on per-sample min / max / non-finite counts)."""
-    lo, hi, bad = _value_summaries(ds.x)
+    the pixel checks run on per-sample min / max / non-finite counts). ``summaries``: those of
+    the values computed already (:func:`value_summaries`); then ``ds.values`` is not read."""
+    lo, hi, bad = summaries if summaries is not None else _value_summaries(ds.x)
     probs = ds.pred_probs if ds.pred_probs is not None else np.zeros((len(ds), 0))
     if probs.shape[1]:
         plo, phi, pbad = _value_summaries(probs)
@@ -208,12 +239,15 @@ def _explain_class_failures(report: CheckReport, classes: pd.DataFrame, min_samp
     return CheckReport(report.suite, report.success, lines, report.results)
 
 
-def validate_batch(ds: Dataset, class_count: int | None = None, min_class_samples: int = MIN_CLASS_SAMPLES) -> CheckReport:
+def validate_batch(ds: Dataset, class_count: int | None = None, min_class_samples: int = MIN_CLASS_SAMPLES,
+                   summaries: Summaries | None = None) -> CheckReport:
     """Run the batch suite (schema, ids unique and non-null, labels in the class set, values
     finite and in range, non-empty, at least two classes each with ``min_class_samples``).
-    Raises :class:`ValidationFailed` listing every failure, one line each."""
+    Raises :class:`ValidationFailed` listing every failure, one line each. ``summaries``: the
+    values' per-sample summaries, computed a block at a time (:func:`value_summaries`) so a large
+    batch's values need not be in memory; default: from ``ds.x``."""
     classes = class_frame(ds, class_count)
-    report = run_suite(batch_frame(ds), batch_expectations(ds, class_count), f"batch-{ds.name}",
+    report = run_suite(batch_frame(ds, summaries), batch_expectations(ds, class_count), f"batch-{ds.name}",
                        more=[(classes, class_expectations(min_class_samples))])
     report = _explain_class_failures(report, classes, min_class_samples, ds)
     # A train split with no samples cannot be audited; GX has no cross-column rule for it.

@@ -84,6 +84,31 @@ def test_workers_and_dask_exclude_each_other():
     assert task_runner() is None
 
 
+def test_local_workers_keep_glibcs_dynamic_mmap_threshold():
+    """Dask's nanny would give its workers MALLOC_TRIM_THRESHOLD_, which made every training
+    step map and unmap its buffers (10x the system time); winnow's local clusters drop it."""
+    from distributed.nanny import _get_env_variables
+
+    from winnow.flows.scaleout import task_runner
+
+    task_runner(workers=2)
+    env = _get_env_variables("distributed.nanny.pre-spawn-environ")
+    assert "MALLOC_TRIM_THRESHOLD_" not in env and env.get("OMP_NUM_THREADS") == "1"
+
+
+def test_the_served_audit_flow_takes_its_runner_from_the_environment(tmp_path):
+    """``winnow serve --workers N`` exports WINNOW_WORKERS; a deployment's flow run imports the
+    audit flow in a fresh process, which must then run its tasks on Dask."""
+    code = ("from winnow.flows.audit import audit; from winnow.flows.on_arrival import on_arrival; "
+            "print(type(audit.task_runner).__name__, type(on_arrival.task_runner).__name__)")
+    env = {**__import__("os").environ, "WINNOW_WORKERS": "2", "WINNOW_HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert out.stdout.split() == ["WinnowDaskTaskRunner", "WinnowDaskTaskRunner"], out.stderr[-2000:]
+    env.pop("WINNOW_WORKERS")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert "WinnowDaskTaskRunner" not in out.stdout, out.stderr[-2000:]
+
+
 # ---------------------------------------------------------------- streaming rows
 
 

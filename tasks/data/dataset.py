@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .blocks import model_inputs, row_blocks
+
 SPLITS = ("train", "test")
 #: what one row holds: pixels (C, H, W), a signal (C, L), a feature vector (D,), or nothing but the
 #: user's own out-of-sample probabilities (``pred_probs``; no model is trained).
@@ -86,10 +88,7 @@ class Dataset:
     def x(self) -> np.ndarray:
         """Model inputs, float32: uint8 pixels scaled to [0, 1], float values as they are (no copy)."""
         if self._x is None:
-            if self.values.dtype == np.uint8:
-                self._x = self.values.astype(np.float32) / np.float32(255.0)
-            else:
-                self._x = np.asarray(self.values, dtype=np.float32)
+            self._x = model_inputs(self.values)
         return self._x
 
     @property
@@ -128,7 +127,9 @@ class Dataset:
         h.update(np.ascontiguousarray(self.label, dtype=np.int64).tobytes())
         h.update("\x00".join(map(str, self.split)).encode())
         h.update(str(self.values.dtype).encode())
-        h.update(np.ascontiguousarray(self.values).reshape(-1).view(np.uint8).data)  # no copy when contiguous
+        # a block at a time: a memory-mapped set is not pulled into memory whole (same digest)
+        for block in row_blocks(self.values):
+            h.update(np.ascontiguousarray(block).reshape(-1).view(np.uint8).data)  # no copy when contiguous
         if self.pred_probs is not None:
             h.update(np.ascontiguousarray(self.pred_probs, dtype=np.float64).tobytes())
         h.update(repr((self.sample_shape, self.class_names, tuple(self.value_range), self.kind)).encode())

@@ -106,8 +106,11 @@ DATASETS = ("digits", "fashion-mnist", "images", "parquet", "anomaly")
 
 def load_source(dataset: str, path: str | None = None, limit: int | None = None, classes: ClassSpec | None = None,
                 shape: str | tuple | None = None, image_size: tuple[int, int] | None = None,
-                label_column: str = "label") -> Dataset:
+                label_column: str = "label", spill_dir: Path | None = None) -> Dataset:
     """Dispatch on the CLI's ``--dataset`` name.
+
+    ``spill_dir`` (parquet): a folder the large columns are written to and mapped from instead of
+    being read into memory (:func:`~.tables.load_parquet`).
 
     ``classes`` (the declared class set), ``shape`` (``--shape C,H,W`` for flat arrays),
     ``image_size`` (``--image-size H,W``) and ``label_column`` apply to the user's data
@@ -134,7 +137,7 @@ def load_source(dataset: str, path: str | None = None, limit: int | None = None,
             raise ValueError("--dataset parquet needs --path FILE.parquet")
         shape = parse_shape(shape) if isinstance(shape, str) else shape
         return _limit(load_parquet(path, classes=classes, shape=shape, image_size=image_size,
-                                   label_column=label_column), limit)
+                                   label_column=label_column, spill_dir=spill_dir), limit)
     if dataset == "anomaly":
         from .synthetic import make_anomaly_series
         return make_anomaly_series(n=limit or 6000)

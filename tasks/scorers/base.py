@@ -132,6 +132,13 @@ class TrainingContext:
             )
         return self._cache["checkpoint_logits"]
 
+    def final_logits(self) -> torch.Tensor:
+        """Training-set logits of the last checkpoint, shape (n, C): ``checkpoint_logits()[-1]``,
+        computed alone (one pass over the rows, not one per checkpoint) unless those are known."""
+        if "checkpoint_logits" in self._cache:
+            return self._cache["checkpoint_logits"][-1]
+        return predict_logits(self.model_at(-1), self.rows, device=self.device)
+
     def train(self, x=None, y=None, config: TrainConfig | None = None, **kwargs) -> TrainResult:
         """Train the audited recipe (defaults: this context's data and config)."""
         return train_model(self.model_factory, self.rows if x is None else x, self.y if y is None else y,
@@ -202,6 +209,9 @@ class Scorer(ABC):
     #: False for scorers that read only the final outputs and the out-of-sample probabilities, so
     #: they also run on a user's own ``pred_probs`` with no model trained
     needs_model: ClassVar[bool] = True
+    #: True for scorers that read nothing of the model but :meth:`TrainingContext.checkpoint_logits`
+    #: (and the labels), so stored logits, computed once in shards, serve them
+    reads_checkpoint_logits: ClassVar[bool] = False
 
     def __init__(self, **options):
         self.options = options

@@ -17,7 +17,10 @@ from .base import Scorer, TrainingContext, register
 
 
 def _check_logits(logits, labels) -> tuple[np.ndarray, np.ndarray]:
-    logits = np.asarray(logits.detach().cpu() if isinstance(logits, torch.Tensor) else logits, dtype=np.float64)
+    """Checked logits (float32 stays float32: :func:`margins` widens a block at a time) and labels."""
+    logits = np.asarray(logits.detach().cpu() if isinstance(logits, torch.Tensor) else logits)
+    if logits.dtype not in (np.float32, np.float64):
+        logits = logits.astype(np.float64)
     labels = np.asarray(labels.detach().cpu() if isinstance(labels, torch.Tensor) else labels)
     if labels.ndim != 1:
         raise ValueError(f"labels must be 1-D, got shape {labels.shape}")
@@ -51,11 +54,20 @@ def margins(logits, labels) -> np.ndarray:
         Positive where the given label wins, negative where another class does.
     """
     logits, labels = _check_logits(logits, labels)
-    index = np.broadcast_to(labels[:, None], logits.shape[:-1] + (1,))
-    assigned = np.take_along_axis(logits, index, axis=-1)[..., 0]
-    others = logits.copy()
-    np.put_along_axis(others, index, -np.inf, axis=-1)
-    return assigned - others.max(-1)
+    n = labels.shape[0]
+    out = np.empty(logits.shape[:-1], dtype=np.float64)
+    # a block of rows at a time, in float64: the working copies are a block's, not (T, n, C)'s
+    for start in range(0, n, _MARGIN_ROWS):
+        block = np.asarray(logits[..., start:start + _MARGIN_ROWS, :], dtype=np.float64)
+        index = np.broadcast_to(labels[start:start + _MARGIN_ROWS, None], block.shape[:-1] + (1,))
+        assigned = np.take_along_axis(block, index, axis=-1)[..., 0]
+        others = block.copy()
+        np.put_along_axis(others, index, -np.inf, axis=-1)
+        out[..., start:start + _MARGIN_ROWS] = assigned - others.max(-1)
+    return out
+
+
+_MARGIN_ROWS = 65536
 
 
 def area_under_margin(checkpoint_logits, labels) -> np.ndarray:
@@ -124,6 +136,7 @@ def forgetting_scores(checkpoint_logits, labels) -> np.ndarray:
 @register
 class AreaUnderMargin(Scorer):
     name = "aum"
+    reads_checkpoint_logits = True
     summary = "area under the margin (Pleiss et al. 2020), negated: mean over checkpoints of best-other minus given logit"
 
     def score(self, ctx: TrainingContext) -> np.ndarray:
@@ -133,16 +146,18 @@ class AreaUnderMargin(Scorer):
 @register
 class FinalMargin(Scorer):
     name = "margin"
+    reads_checkpoint_logits = True
     needs_model = False
     summary = "final-checkpoint margin, negated: best other logit minus given-label logit"
 
     def score(self, ctx: TrainingContext) -> np.ndarray:
-        return -margins(ctx.checkpoint_logits()[-1], ctx.y)
+        return -margins(ctx.final_logits(), ctx.y)
 
 
 @register
 class Forgetting(Scorer):
     name = "forgetting"
+    reads_checkpoint_logits = True
     summary = "forgetting events across checkpoints (Toneva et al. 2019); never-learned first, AUM breaks ties"
 
     def score(self, ctx: TrainingContext) -> np.ndarray:

@@ -17,16 +17,18 @@ def per_sample_loss(logits: torch.Tensor, y: torch.Tensor) -> np.ndarray:
 @register
 class FinalLoss(Scorer):
     name = "loss"
+    reads_checkpoint_logits = True
     needs_model = False
     summary = "cross-entropy of the given label under the final model"
 
     def score(self, ctx: TrainingContext) -> np.ndarray:
-        return per_sample_loss(ctx.checkpoint_logits()[-1], ctx.y)
+        return per_sample_loss(ctx.final_logits(), ctx.y)
 
 
 @register
 class MeanLoss(Scorer):
     name = "loss-mean"
+    reads_checkpoint_logits = True
     summary = "cross-entropy of the given label averaged over every checkpoint"
 
     def score(self, ctx: TrainingContext) -> np.ndarray:
