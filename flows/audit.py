@@ -21,7 +21,7 @@ from winnow.flows.scaleout import Pending, checkpoint_logits, out_of_sample, run
 from winnow.tasks import artifacts, lake, noise_rate, stages
 from winnow.tasks.metrics import detection_metrics
 from winnow.tasks.plots import detection_curves
-from winnow.tasks.remedies import REMEDIES
+from winnow.tasks.remedies import DEFAULT_REMEDY, NEEDS_OOS, REMEDIES
 from winnow.tasks.scorers import default_scorers, parse_scorer_list
 from winnow.tasks.scorers.base import scorer_class
 from winnow.tasks.settings import paths
@@ -52,7 +52,6 @@ USER_DATA = ("images", "parquet")  # the user's own labels: audited as they are 
 
 #: scorers that read the out-of-sample stage (its probabilities, or its fold models' k-NN votes)
 OOS_SCORERS = {"confident", "ensemble", "knn", "knn-consensus"}
-DEFAULT_REMEDY = "prune"
 
 
 @flow(name="audit", log_prints=True)
@@ -96,7 +95,7 @@ def audit(dataset: str = "digits", path: str | None = None, limit: int | None = 
     noise_key = run("inject-noise", stages.inject_noise, data_id, noise, rate, seed)
     train_key = run("train", stages.train, data_id, noise_key, model, config)
 
-    needs_oos = noise == "none" or prune_k is None or bool(OOS_SCORERS & set(names)) or remedy == "relabel"
+    needs_oos = noise == "none" or prune_k is None or bool(OOS_SCORERS & set(names)) or remedy in NEEDS_OOS
     # submitted side by side on Dask (--workers/--dask): the folds, then the scorers and the k estimate
     oos_key = (train_key if model == stages.GIVEN_PROBS
                else out_of_sample(run, train_key) if needs_oos else None)
@@ -167,7 +166,7 @@ def _evaluate(train_key, noise_key, score_keys, names, k, k_source, params, run,
     dataset, noise, rate, seed, model = (params[a] for a in ("dataset", "noise", "rate", "seed", "model"))
     if model == stages.GIVEN_PROBS:
         raise ValueError("injected noise needs a model to retrain; pred_probs input audits the given labels")
-    remedy = params.get("remedy", "prune")
+    remedy = params.get("remedy", DEFAULT_REMEDY)
     pruned = {n: run.submit(f"retrain-{n}", stages.retrain, train_key, n, score_keys[n], k, remedy=remedy,
                             oos_key=oos_key) for n in names}
     oracle = run.result(run.submit("retrain-oracle", stages.retrain, train_key, "oracle", None, 0, clean=True))

@@ -150,7 +150,7 @@ def _submit_cell(run: Stages, batch_id, dataset: str, model: str, noise: str, ra
     keys["oracle-rank"] = run.submit("oracle-rank", protocols.truth_score, train_key)
     return {"dataset": dataset, "model": model, "noise": noise, "rate": rate, "seed": seed,
             "noise_key": noise_key, "train_key": train_key, "keys": keys,
-            "k_cl": run.submit("estimate-k", stages.estimate_k, oos_key, train_key),
+            "k_cl": run.submit("estimate-k", stages.estimate_k, oos_key, train_key, "confident"),
             "clean": run.submit("retrain-oracle", stages.retrain, train_key, "oracle", None, 0, clean=True)}
 
 

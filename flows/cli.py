@@ -68,10 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--backbone", help="your exported encoder (torch.export .pt2 or TorchScript): the MLP head is "
                                          "trained on its embeddings of the images")
     run.add_argument("--prune-k", type=int, help="how many to flag (default: the estimated number of wrong labels)")
-    run.add_argument("--remedy", choices=["prune", "relabel", "weight", "semi"], default="prune",
-                     help="with injected noise: what is done with each scorer's top k before retraining (prune; "
+    from winnow.tasks.remedies import DEFAULT_REMEDY, REMEDIES
+
+    run.add_argument("--remedy", choices=list(REMEDIES), default=DEFAULT_REMEDY,
+                     help="with injected noise: what is done with each scorer's top k before retraining (default "
+                          f"{DEFAULT_REMEDY}: select = keep whichever of no change, prune, relabel, gce has the best "
+                          "cross-validated accuracy on the given labels, no change unless one clearly wins; prune; "
                           "relabel to the out-of-sample consensus; weight = draw them less often; semi = keep the "
-                          "inputs, pseudo-label them from a model trained on the rest)")
+                          "inputs, pseudo-label them from a model trained on the rest; gce = retrain every row with "
+                          "the generalized cross-entropy)")
     run.add_argument("--epochs", type=_positive_int, help="override the recipe's epoch count")
     run.add_argument("--refresh", action="store_true", help="ignore cached stage results and recompute")
     run.add_argument("--explain", type=_positive_int, default=0, metavar="N",

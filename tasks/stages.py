@@ -506,13 +506,18 @@ def score(train_key: str, scorer: str, oos_key: str | None = None, logits_key: s
 
 
 @task(name="estimate-k", cache_policy=cached("scorers.confident", "noise_rate"), persist_result=True)
-def estimate_k(oos_key: str, train_key: str) -> int:
-    """The recommended estimate of how many training labels are wrong (``noise_rate.RECOMMENDED``)."""
-    from .noise_rate import estimate_noise_count
+def estimate_k(oos_key: str, train_key: str, method: str | None = None) -> int:
+    """How many training labels are wrong: ``method`` of :data:`winnow.tasks.noise_rate.ESTIMATORS`,
+    by default the recommended one (``noise_rate.RECOMMENDED``). The on-arrival gate's canary and
+    noise-rate thresholds were set on confident learning's counts (``method="confident"``; see
+    docs/remedies.md for what the default's smaller counts do to them)."""
+    from . import noise_rate
 
+    if method is not None and method not in noise_rate.ESTIMATORS:
+        raise ValueError(f"unknown noise-count estimator {method!r}; choose one of {', '.join(noise_rate.ESTIMATORS)}")
     ctx, _, _ = load_context(train_key)
     probs = artifacts.load_torch("oos", oos_key).numpy()
-    return estimate_noise_count(ctx.y.numpy(), probs)
+    return noise_rate.estimate(ctx.y.numpy(), probs, method or noise_rate.RECOMMENDED)
 
 
 # ---------------------------------------------------------------- prune, retrain, oracle
@@ -524,9 +529,12 @@ def retrain(train_key: str, label: str, score_key: str | None, k: int, clean: bo
             remedy: str = "prune", oos_key: str | None = None) -> dict:
     """Act on the top-``k`` of a score table (or nothing) and retrain the same recipe.
 
-    ``remedy`` (:data:`winnow.tasks.remedies.REMEDIES`): ``prune`` drops the flagged rows;
-    ``relabel`` gives them the out-of-sample consensus (needs ``oos_key``); ``weight`` draws them
-    less often; ``semi`` lets a model trained on the unflagged rows pseudo-label them.
+    ``remedy`` (:data:`winnow.tasks.remedies.REMEDIES`): ``select`` (the default of ``winnow run``)
+    picks among no change, ``prune``, ``relabel`` and ``gce`` by cross-validated accuracy on the
+    given labels (needs ``oos_key``: the out-of-sample pass is its no-change candidate); ``prune``
+    drops the flagged rows; ``relabel`` gives them the out-of-sample consensus (needs ``oos_key``);
+    ``weight`` draws them less often; ``semi`` lets a model trained on the unflagged rows
+    pseudo-label them; ``gce`` retrains on every row with the generalized cross-entropy.
     ``clean=True`` trains on the original labels (the oracle); ``score_key=None`` with ``k=0`` is
     the noisy model retrained as-is.
     """
@@ -534,37 +542,40 @@ def retrain(train_key: str, label: str, score_key: str | None, k: int, clean: bo
 
     if remedy not in remedies.REMEDIES:
         raise ValueError(f"unknown remedy {remedy!r}; choose one of {', '.join(remedies.REMEDIES)}")
+    if remedy in remedies.NEEDS_OOS and oos_key is None and score_key is not None and k > 0:
+        raise ValueError(f"remedy {remedy!r} needs the out-of-sample probabilities (oos_key)")
     ctx, data, meta = load_context(train_key)
     flags = np.zeros(ctx.n, dtype=bool)
     if score_key is not None and k > 0:
         scores = artifacts.load_frame("scores", score_key)["score"].to_numpy()
         flags[np.argsort(-scores, kind="stable")[:k]] = True
     y = data.train.label if clean else data.noisy
-    if remedy == "prune" or not flags.any():
-        plan = remedies.prune(y, flags)
-    elif remedy == "relabel":
-        if oos_key is None:
-            raise ValueError("remedy 'relabel' needs the out-of-sample probabilities (oos_key)")
-        plan = remedies.relabel(y, flags, artifacts.load_torch("oos", oos_key).numpy())
-    elif remedy == "weight":
-        plan = remedies.weight(y, flags, seed=ctx.train_config.seed)
-    else:  # semi: a model on the unflagged rows pseudo-labels the flagged ones
-        first = ctx.train(ctx.rows.subset(np.flatnonzero(~flags)), torch.as_tensor(y[~flags]),
-                          keep_checkpoints=False).model
-        plan = remedies.pseudo_label_plan(y, flags, torch.softmax(predict_logits(first, ctx.rows), 1).double().numpy())
+    if not flags.any() and remedy != "gce":
+        remedy = "prune"  # nothing flagged: every flag-based remedy is the plain retrain
+    probs = artifacts.load_torch("oos", oos_key).numpy() if oos_key is not None and remedy in remedies.NEEDS_OOS else None
+
+    def train_fn(rows, labels, loss_fn):
+        return ctx.train(ctx.rows.subset(rows), torch.as_tensor(labels), keep_checkpoints=False, loss_fn=loss_fn).model
+
+    def predict_fn(model, rows):
+        return torch.softmax(predict_logits(model, ctx.rows.subset(rows)), 1).double().numpy()
+
+    outcome = remedies.train_with_remedy(remedy, y, flags, probs, ctx.train_config.seed, train_fn, predict_fn,
+                                         folds=ctx.folds() if remedy == "select" else None)
+    plan = outcome.plan
     keep = np.zeros(ctx.n, dtype=bool)
     keep[plan.rows] = True
-    result = ctx.train(ctx.rows.subset(plan.rows), torch.as_tensor(plan.labels), keep_checkpoints=False)
-    acc = accuracy(result.model, arrays.rows_of(data.test.values), data.test.label)
+    acc = accuracy(outcome.model, arrays.rows_of(data.test.values), data.test.label)
     removed_flipped = int(data.flipped[~keep].sum())
-    get_run_logger().info("%s: removed %d (%d truly flipped), test accuracy %.4f", label, int((~keep).sum()),
-                          removed_flipped, acc)
-    state = {k_: v.detach().cpu() for k_, v in result.model.state_dict().items()}
+    get_run_logger().info("%s: %s, removed %d (%d truly flipped), test accuracy %.4f", label, outcome.applied,
+                          int((~keep).sum()), removed_flipped, acc)
+    state = {k_: v.detach().cpu() for k_, v in outcome.model.state_dict().items()}
     # prune keeps its old key: earlier runs' models stay addressable
     model_key = artifacts.key_of("retrain", train_key, label, score_key, k, clean, *([remedy] if remedy != "prune" else []))
     artifacts.save_torch("models", model_key, state)
     return {"label": label, "test_accuracy": acc, "removed": int((~keep).sum()), "relabelled": plan.changed,
-            "removed_flipped": removed_flipped, "remedy": remedy, "model_key": model_key}
+            "removed_flipped": removed_flipped, "remedy": remedy, "applied": outcome.applied,
+            "holdout_accuracy": outcome.holdout_accuracy, "model_key": model_key}
 
 
 def test_logits(train_key: str) -> tuple[np.ndarray, np.ndarray]:

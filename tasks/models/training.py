@@ -73,6 +73,7 @@ def train_model(
     forward: ForwardFn = _plain_forward,
     on_epoch: Callable[[int, float], None] | None = None,
     keep_checkpoints: bool = True,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> TrainResult:
     """Train a fresh model with cross-entropy and SGD + momentum (or Adam, ``config.optimizer``).
 
@@ -86,6 +87,9 @@ def train_model(
     y : shape (n,), int64
     forward : callable, optional
         ``forward(model, x_batch, idx_batch)``; ``idx_batch`` are row indices into ``x``.
+    loss_fn : callable, optional
+        ``loss_fn(logits (b, C), targets (b,)) -> scalar``; cross-entropy when None (a robust
+        loss such as :func:`winnow.tasks.remedies.generalized_cross_entropy` is a remedy).
 
     Returns
     -------
@@ -120,7 +124,7 @@ def train_model(
         total = 0.0
         for start in range(0, len(x), config.batch_size):
             idx = order[start:start + config.batch_size]
-            loss = F.cross_entropy(forward(model, x.take(idx).to(device), idx), yd[idx])
+            loss = (loss_fn or F.cross_entropy)(forward(model, x.take(idx).to(device), idx), yd[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

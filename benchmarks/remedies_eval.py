@@ -1,0 +1,349 @@
+"""Remedies and noise-count estimators on the cells of ``benchmarks/real_noise.py`` (issue 14).
+
+``real_noise.py run`` stores, per cell (setting × seed), the out-of-sample probabilities and every
+detector's scores. This script reads those cells and
+
+``remedies`` — retrains the audited recipe once per remedy (``tasks/remedies.py``, the same
+function the audit's retrain stage calls) on the top k̂ of the recommended detector, k̂ from
+``--estimator``, and stores each remedy's test accuracy in ``<cell>.remedies.json`` beside the cell
+(a remedy already there is skipped, so more can be added later). The noisy accuracy is the cell's;
+the oracle (true labels, same recipe and seed) is trained once and stored.
+
+``estimators`` — each noise-count estimator's relative error (k̂ − k) / k on the stored
+probabilities (seconds; no training).
+
+``report`` — the markdown tables of ``docs/remedies.md``.
+
+Usage::
+
+    .venv/bin/python benchmarks/remedies_eval.py remedies --out data/real_noise --settings digits:symmetric
+    .venv/bin/python benchmarks/remedies_eval.py estimators --out data/real_noise
+    .venv/bin/python benchmarks/remedies_eval.py report --out data/real_noise
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from real_noise import derived_scores, load_setting, recipe  # noqa: E402
+
+from winnow.tasks import noise_rate, remedies  # noqa: E402
+from winnow.tasks.models.nets import build_model  # noqa: E402
+from winnow.tasks.models.training import accuracy, predict_logits, train_model  # noqa: E402
+
+#: the remedies measured by default: every selectable one plus pruning k random samples (the floor)
+REMEDIES = ["select", "prune", "relabel", "relabel-other", "weight", "semi", "gce", "prune-random"]
+DETECTOR = "knn-aum"
+
+
+def _cells(out: Path, settings: list[str] | None, seeds: list[int] | None):
+    for js in sorted(out.glob("*__s*.json")):
+        if js.name.endswith(".remedies.json"):
+            continue
+        info = json.loads(js.read_text())
+        if (settings and info["setting"] not in settings) or (seeds is not None and info["seed"] not in seeds):
+            continue
+        yield js, info
+
+
+def _trainer(factory, x, cfg):
+    """(train_fn, predict_fn) of :func:`winnow.tasks.remedies.train_with_remedy` for tensor ``x``."""
+    def train_fn(rows, labels, loss_fn):
+        return train_model(factory, x[torch.as_tensor(rows)], torch.as_tensor(labels), cfg,
+                           device=torch.device("cpu"), keep_checkpoints=False, loss_fn=loss_fn).model
+
+    def predict_fn(model, rows):
+        return torch.softmax(predict_logits(model, x[torch.as_tensor(rows)]), 1).double().numpy()
+
+    return train_fn, predict_fn
+
+
+def _oos_folds(y: np.ndarray, seed: int, kfold: int = 3) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The folds of the cell's out-of-sample probabilities (``neighbors.out_of_sample_views``)."""
+    from sklearn.model_selection import StratifiedKFold
+
+    counts = np.bincount(y)
+    k = int(min(kfold, max(2, counts[counts > 0].min())))
+    return list(StratifiedKFold(k, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
+
+
+def cmd_remedies(args) -> int:
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    for js, info in _cells(out, args.settings, args.seeds):
+        setting, seed = info["setting"], info["seed"]
+        res_path = js.with_name(js.name.replace(".json", ".remedies.json"))
+        res = json.loads(res_path.read_text()) if res_path.exists() else {}
+        key = f"{args.detector}|{args.estimator}"
+        done = res.setdefault(key, {})
+        todo = [r for r in args.remedies if r not in done]
+        if not todo and "oracle" in res:
+            continue
+        arrays = np.load(js.with_suffix(".npz"))
+        embedded = (arrays["emb_x"], arrays["emb_test_x"]) if "emb_x" in arrays.files else None
+        model_kind, x, y_given, y_true, _, tx, ty = load_setting(setting, seed, info["n"] if setting.startswith("fmnist")
+                                                                 else args.limit, embedded)
+        if not np.array_equal(y_given, arrays["y_given"]):
+            raise ValueError(f"{js.name}: reloaded labels differ from the stored cell (different --limit?)")
+        cfg = recipe(setting, model_kind, seed)
+        x, tx = torch.as_tensor(x), torch.as_tensor(tx)
+        factory = lambda: build_model(model_kind, tuple(x.shape[1:]), 10)  # noqa: E731
+        train_fn, predict_fn = _trainer(factory, x, cfg)
+        probs = arrays["oos_probs"]
+        k = noise_rate.estimate(y_given, probs, args.estimator)
+        flags = np.zeros(len(y_given), dtype=bool)
+        flags[np.argsort(-derived_scores(arrays)[args.detector], kind="stable")[:k]] = True
+        done["k"], done["wrong"], done["flag_precision"] = int(k), int(info["wrong"]), float(arrays["flipped"][flags].mean()) if k else float("nan")
+        if "oracle" not in res:
+            old = info.get("remedies", {}).get("oracle")  # real_noise.py's own oracle: same recipe and seed
+            res["oracle"] = old if old is not None else accuracy(train_fn(np.arange(len(y_true)), y_true, None), tx, ty)
+        res["noisy"] = info["test_acc_noisy"]
+        for name in todo:
+            t0 = time.perf_counter()
+            if name == "prune-random":
+                rnd = np.zeros(len(y_given), dtype=bool)
+                rnd[np.random.default_rng(seed).choice(len(y_given), size=k, replace=False)] = True
+                outcome = remedies.train_with_remedy("prune", y_given, rnd, probs, seed, train_fn, predict_fn)
+            elif name == "select":
+                # the cell's out-of-sample pass is its `none` candidate (same folds); the final model
+                # of a choice is the standalone remedy's (same plan, recipe, seed), so it is not
+                # trained again, and the per-sample held-out correctness is stored so that the
+                # report can apply the choice rule (and show a variant) without retraining
+                outcome = remedies.train_with_remedy(name, y_given, flags, probs, seed, train_fn, predict_fn,
+                                                     folds=_oos_folds(y_given, seed), train_final=False)
+                sel = js.with_name(js.name.replace(".json", ".select.npz"))
+                np.savez_compressed(sel.with_suffix(".tmp.npz"), fold_of=outcome.fold_of,
+                                    **{f"correct/{c}": v for c, v in outcome.holdout_correct.items()})
+                sel.with_suffix(".tmp.npz").rename(sel)
+                done[name] = {"applied": outcome.applied, "holdout": outcome.holdout_accuracy,
+                              "seconds": time.perf_counter() - t0}
+            else:
+                outcome = remedies.train_with_remedy(name, y_given, flags, probs, seed, train_fn, predict_fn)
+            if name != "select":
+                done[name] = {"acc": accuracy(outcome.model, tx, ty), "applied": outcome.applied,
+                              "seconds": time.perf_counter() - t0, "changed": outcome.plan.changed,
+                              "dropped": outcome.plan.dropped}
+            tmp = res_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(res, indent=1))
+            tmp.rename(res_path)
+            print(f"# {js.stem} {name}: {done[name].get('acc', float('nan')):.3f} ({outcome.applied}) noisy {res['noisy']:.3f} "
+                  f"oracle {res['oracle']:.3f}, {done[name]['seconds']:.0f}s", file=sys.stderr, flush=True)
+    return 0
+
+
+#: the extra flip rate of the injection estimator (set before measuring it)
+INJECTED_RATE = 0.1
+
+
+def cmd_inject(args) -> int:
+    """Out-of-sample probabilities after injecting ``INJECTED_RATE`` more random flips into the
+    given labels (same folds scheme, recipe and seeds as the cell's own pass): ``<cell>.inject.npz``."""
+    from dataclasses import replace
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    for js, info in _cells(out, args.settings, args.seeds):
+        target = js.with_name(js.name.replace(".json", ".inject.npz"))
+        if target.exists():
+            continue
+        setting, seed = info["setting"], info["seed"]
+        arrays = np.load(js.with_suffix(".npz"))
+        embedded = (arrays["emb_x"], arrays["emb_test_x"]) if "emb_x" in arrays.files else None
+        model_kind, x, y_given, _, _, _, _ = load_setting(setting, seed, info["n"] if setting.startswith("fmnist")
+                                                           else args.limit, embedded)
+        if not np.array_equal(y_given, arrays["y_given"]):
+            raise ValueError(f"{js.name}: reloaded labels differ from the stored cell (different --limit?)")
+        cfg = recipe(setting, model_kind, seed)
+        x = torch.as_tensor(x)
+        factory = lambda: build_model(model_kind, tuple(x.shape[1:]), 10)  # noqa: E731
+        t0 = time.perf_counter()
+        injected = noise_rate.inject_flips(y_given, 10, INJECTED_RATE, seed)
+        probs = np.zeros((len(y_given), 10))
+        for fold, (fit, held) in enumerate(_oos_folds(injected, seed)):
+            model = train_model(factory, x[torch.as_tensor(fit)], torch.as_tensor(injected[fit]),
+                                replace(cfg, seed=cfg.seed + 1000 * (fold + 1)), device=torch.device("cpu"),
+                                keep_checkpoints=False).model
+            probs[held] = torch.softmax(predict_logits(model, x[torch.as_tensor(held)]), 1).double().numpy()
+        np.savez_compressed(target.with_suffix(".tmp.npz"), probs=probs, labels=injected, rate=INJECTED_RATE,
+                            seconds=time.perf_counter() - t0)
+        target.with_suffix(".tmp.npz").rename(target)
+        print(f"# {js.stem}: injected pass {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
+    return 0
+
+
+def _ms(v, fmt=".3f") -> str:
+    v = np.asarray(v, dtype=np.float64)
+    return f"{v.mean():{fmt}} ± {v.std(ddof=1) if len(v) > 1 else 0.0:{fmt}}"
+
+
+def temperature_scaled(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """``probs`` re-tempered by the T that minimises their NLL against the given labels (bounded 0.05–20)."""
+    from scipy.optimize import minimize_scalar
+
+    logp = np.log(np.clip(probs, 1e-12, 1.0))
+
+    def tempered(t):
+        z = logp / t
+        z = z - z.max(1, keepdims=True)
+        return z - np.log(np.exp(z).sum(1, keepdims=True))
+
+    t = minimize_scalar(lambda t: -tempered(t)[np.arange(len(labels)), labels].mean(), bounds=(0.05, 20),
+                        method="bounded").x
+    return np.exp(tempered(t))
+
+
+def estimator_errors(out: Path, methods=noise_rate.ESTIMATORS) -> dict[str, dict[str, list[float]]]:
+    """setting -> estimator -> relative errors (k̂ − k)/k over the stored cells (``injected:<base>``
+    where the cell has an injected pass)."""
+    errors: dict = defaultdict(lambda: defaultdict(list))
+    for js, info in _cells(out, None, None):
+        arrays = np.load(js.with_suffix(".npz"))
+        y, probs = arrays["y_given"], arrays["oos_probs"]
+        k = int(arrays["flipped"].sum())
+        for m in methods:
+            errors[info["setting"]][m].append((noise_rate.estimate(y, probs, m) - k) / k)
+        errors[info["setting"]]["expected-T"].append((noise_rate.expected_count(y, temperature_scaled(y, probs)) - k) / k)
+        inj = js.with_name(js.name.replace(".json", ".inject.npz"))
+        if inj.exists():
+            z = np.load(inj)
+            for base in ("expected", "confident"):
+                est = noise_rate.injected_slope_count(y, probs, z["probs"], float(z["rate"]), info["seed"], base)
+                errors[info["setting"]][f"injected:{base}"].append((est - k) / k)
+    return errors
+
+
+def cmd_estimators(args) -> int:
+    errors = estimator_errors(Path(args.out))
+    methods = list(noise_rate.ESTIMATORS) + ["expected-T", "injected:expected", "injected:confident"]
+    print("| setting | seeds | " + " | ".join(f"`{m}`" for m in methods) + " |\n|---|---|" + "---|" * len(methods))
+    worst = defaultdict(float)
+    within = defaultdict(int)
+    for s in sorted(errors):
+        cells = []
+        for m in methods:
+            e = np.asarray(errors[s][m])
+            if e.size == 0:
+                cells.append("")
+                continue
+            worst[m] = max(worst[m], abs(e.mean()))
+            within[m] += abs(e.mean()) <= 0.2
+            cells.append(f"{e.mean():+.0%} ± {e.std(ddof=1) if len(e) > 1 else 0:.0%}")
+        print(f"| {s} | {len(errors[s][methods[0]])} | " + " | ".join(cells) + " |")
+    # (injected: counted over the settings that have the injected pass)
+    print("| **within ±20%** | | " + " | ".join(f"{within[m]} of {sum(bool(errors[s][m]) for s in errors)}" for m in methods) + " |")
+    print("| **worst mean error** | | " + " | ".join(f"{worst[m]:.0%}" for m in methods) + " |")
+    return 0
+
+
+def _select_from_stored(js: Path, done: dict, noisy: float) -> None:
+    """Apply the choice rule to a cell's stored held-out correctness: ``select`` (the rule of
+    ``remedies.choose_on_holdout``: McNemar and every fold) and ``select-pooled`` (McNemar alone);
+    the chosen candidate's test accuracy is its standalone run's (the same training)."""
+    sel = js.with_name(js.name.replace(".json", ".select.npz"))
+    if not sel.exists():
+        done.pop("select", None)
+        return
+    z = np.load(sel)
+    correct = {k.removeprefix("correct/"): z[k] for k in z.files if k.startswith("correct/")}
+    for name, fold_of in (("select", z["fold_of"]), ("select-pooled", None)):
+        choice, acc = remedies.choose_on_holdout(correct, fold_of=fold_of)
+        test_acc = noisy if choice == "none" else done.get(choice, {}).get("acc")
+        if test_acc is None:
+            done.pop(name, None)
+            continue
+        done[name] = {"acc": test_acc, "applied": choice, "holdout": acc}
+
+
+def cmd_report(args) -> int:
+    out = Path(args.out)
+    key = f"{args.detector}|{args.estimator}"
+    table = defaultdict(list)
+    for js, info in _cells(out, None, None):
+        res_path = js.with_name(js.name.replace(".json", ".remedies.json"))
+        if res_path.exists():
+            res = json.loads(res_path.read_text())
+            if key in res:
+                _select_from_stored(js, res[key], res["noisy"])
+                table[info["setting"]].append(res)
+    names = [r for r in REMEDIES[:1] + ["select-pooled"] + REMEDIES[1:]
+             if any(r in res[key] for rs in table.values() for res in rs)]
+    print(f"Remedies on the top k̂ of `{args.detector}` (k̂ = `{args.estimator}`): test accuracy mean ± std over "
+          "seeds, (fraction of the noisy → oracle gap recovered, from the means; `nan`: oracle ≤ noisy)\n")
+    print("| setting | seeds | flag precision | noisy | oracle | gap ± se | " + " | ".join(names)
+          + " |\n|---|---|---|---|---|---|" + "---|" * len(names))
+    choices = defaultdict(lambda: defaultdict(int))
+    for s in sorted(table):
+        rs = table[s]
+        noisy, oracle = np.mean([r["noisy"] for r in rs]), np.mean([r["oracle"] for r in rs])
+        cols = []
+        for n in names:
+            have = [r for r in rs if n in r[key]]
+            accs = [r[key][n]["acc"] for r in have]
+            if not accs:
+                cols.append("")
+                continue
+            # the gap over the seeds this remedy ran on
+            gap = remedies.gap_recovered(float(np.mean([r["noisy"] for r in have])), float(np.mean(accs)),
+                                         float(np.mean([r["oracle"] for r in have])))
+            cols.append(f"{_ms(accs)} ({gap:+.0%})" + (f" [{len(accs)}]" if len(accs) != len(rs) else ""))
+            if n == "select":
+                for r in rs:
+                    if n in r[key]:
+                        choices[s][r[key][n]["applied"]] += 1
+        prec = _ms([r[key]["flag_precision"] for r in rs], ".2f")
+        gaps = np.array([r["oracle"] - r["noisy"] for r in rs])
+        se = gaps.std(ddof=1) / np.sqrt(len(gaps)) if len(gaps) > 1 else float("inf")
+        testable = "" if gaps.mean() > 2 * se else " (untestable)"
+        print(f"| {s} | {len(rs)} | {prec} | {_ms([r['noisy'] for r in rs])} | {_ms([r['oracle'] for r in rs])} | "
+              f"{gaps.mean():+.3f} ± {se:.3f}{testable} | " + " | ".join(cols) + " |")
+    if choices:
+        print("\n`select` per setting: its choice per seed (cross-validated accuracy on the given labels), and "
+              "its test accuracy minus the unchanged (noisy) model's, per seed\n")
+        print("| setting | chosen | select − noisy (mean, min over seeds) | seeds below noisy |\n|---|---|---|---|")
+        for s in sorted(choices):
+            d = np.array([r[key]["select"]["acc"] - r["noisy"] for r in table[s] if "select" in r[key]])
+            if d.size == 0:
+                continue
+            print(f"| {s} | " + ", ".join(f"{c} ×{n}" for c, n in sorted(choices[s].items()))
+                  + f" | {d.mean():+.3f}, {d.min():+.3f} | {int((d < -1e-9).sum())} of {len(d)} |")
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("remedies")
+    r.add_argument("--out", default="data/real_noise")
+    r.add_argument("--settings", nargs="+", default=None)
+    r.add_argument("--seeds", nargs="+", type=int, default=None)
+    r.add_argument("--limit", type=int, default=1000, help="the CIFAR-10N --limit the cells were run with")
+    r.add_argument("--remedies", nargs="+", default=REMEDIES)
+    r.add_argument("--detector", default=DETECTOR)
+    r.add_argument("--estimator", default=noise_rate.RECOMMENDED, choices=noise_rate.ESTIMATORS)
+    r.add_argument("--threads", type=int, default=1)
+    e = sub.add_parser("estimators")
+    e.add_argument("--out", default="data/real_noise")
+    i = sub.add_parser("inject")
+    i.add_argument("--out", default="data/real_noise")
+    i.add_argument("--settings", nargs="+", default=None)
+    i.add_argument("--seeds", nargs="+", type=int, default=None)
+    i.add_argument("--limit", type=int, default=1000)
+    i.add_argument("--threads", type=int, default=1)
+    p = sub.add_parser("report")
+    p.add_argument("--out", default="data/real_noise")
+    p.add_argument("--detector", default=DETECTOR)
+    p.add_argument("--estimator", default=noise_rate.RECOMMENDED, choices=noise_rate.ESTIMATORS)
+    args = ap.parse_args(argv)
+    return {"remedies": cmd_remedies, "estimators": cmd_estimators, "inject": cmd_inject, "report": cmd_report}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""The remedies of issue 14: the robust loss, the held-out selection safeguard, one entry point."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from winnow.tasks import remedies
+
+
+def test_generalized_cross_entropy_between_ce_and_mae_and_bounded():
+    torch.manual_seed(0)
+    logits, targets = torch.randn(64, 5) * 3, torch.randint(0, 5, (64,))
+    # q -> 0 is cross-entropy: (1 - p^q)/q -> -log p
+    assert remedies.generalized_cross_entropy(logits, targets, q=1e-4).item() == pytest.approx(
+        F.cross_entropy(logits, targets).item(), rel=1e-3)
+    # q = 1 is the mean absolute error of the label's probability
+    p_y = torch.softmax(logits, 1)[torch.arange(64), targets]
+    assert remedies.generalized_cross_entropy(logits, targets, q=1.0).item() == pytest.approx((1 - p_y).mean().item())
+    # a confidently wrong label costs at most 1/q, where cross-entropy grows without bound
+    wrong = torch.tensor([[50.0, 0, 0, 0, 0]])
+    assert remedies.generalized_cross_entropy(wrong, torch.tensor([1]), q=0.7).item() <= 1 / 0.7
+    assert F.cross_entropy(wrong, torch.tensor([1])).item() > 40
+    with pytest.raises(ValueError, match="q must lie"):
+        remedies.generalized_cross_entropy(logits, targets, q=0.0)
+    with pytest.raises(ValueError, match="targets"):
+        remedies.generalized_cross_entropy(logits, targets[:3])
+
+
+def test_holdout_folds_partition_the_rows():
+    folds = remedies.holdout_folds(10, seed=1, folds=3)
+    held = np.concatenate([h for _, h in folds])
+    assert sorted(held.tolist()) == list(range(10))
+    for fit, h in folds:
+        assert np.intersect1d(fit, h).size == 0 and fit.size + h.size == 10
+    assert [h.tolist() for _, h in folds] == [h.tolist() for _, h in remedies.holdout_folds(10, seed=1, folds=3)]
+    with pytest.raises(ValueError, match="at least 3 samples"):
+        remedies.holdout_folds(2, seed=0, folds=3)
+
+
+def test_choose_on_holdout_needs_a_clear_win_to_leave_no_change():
+    rng = np.random.default_rng(0)
+    base = rng.random(400) < 0.6
+    clear = base | (rng.random(400) < 0.3)  # right wherever the baseline is, and on 30% more
+    choice, acc = remedies.choose_on_holdout({"none": base, "prune": clear})
+    assert choice == "prune" and acc["prune"] > acc["none"]
+    # one more correct sample in 400 is within noise: stay with no change
+    marginal = base.copy()
+    marginal[np.flatnonzero(~base)[0]] = True
+    assert remedies.choose_on_holdout({"none": base, "prune": marginal})[0] == "none"
+    # a tie or a loss keeps the baseline
+    assert remedies.choose_on_holdout({"none": base, "gce": base.copy()})[0] == "none"
+    with pytest.raises(ValueError, match="baseline 'none'"):
+        remedies.choose_on_holdout({"prune": base})
+    with pytest.raises(ValueError, match="one length"):
+        remedies.choose_on_holdout({"none": base, "prune": base[:10]})
+
+
+# ---------------------------------------------------------------- train_with_remedy on a real 1-NN classifier
+
+
+def _blobs(n=600, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    x = np.array([[0.0, 0.0], [6.0, 0.0], [0.0, 6.0]])[y] + rng.normal(size=(n, 2))
+    return x, y
+
+
+def _one_nn(x):
+    """(train_fn, predict_fn): a 1-nearest-neighbour classifier, which memorises every wrong label."""
+    def train_fn(rows, labels, loss_fn):
+        return x[rows], np.asarray(labels)
+
+    def predict_fn(model, rows):
+        xs, ys = model
+        nearest = ys[((x[rows][:, None, :] - xs[None]) ** 2).sum(-1).argmin(1)]
+        return np.eye(3)[nearest]
+
+    return train_fn, predict_fn
+
+
+def test_select_prunes_when_the_flags_are_the_wrong_labels():
+    x, y = _blobs()
+    rng = np.random.default_rng(1)
+    flipped = rng.random(len(y)) < 0.3
+    noisy = np.where(flipped, (y + 1) % 3, y)
+    train_fn, predict_fn = _one_nn(x)
+    probs = np.eye(3)[y] * 0.9 + 0.1 / 3  # an out-of-sample model that knows the classes
+    out = remedies.train_with_remedy("select", noisy, flipped, probs, 0, train_fn, predict_fn)
+    assert out.applied in ("prune", "relabel")
+    assert out.holdout_accuracy[out.applied] > out.holdout_accuracy["none"] + 0.1
+    # the chosen plan no longer trains on a wrong label
+    assert np.all(out.plan.labels == y[out.plan.rows])
+
+
+def test_select_falls_back_to_no_change_when_the_flags_are_noise():
+    x, y = _blobs()
+    flags = np.random.default_rng(2).random(len(y)) < 0.3  # clean labels, random flags
+    train_fn, predict_fn = _one_nn(x)
+    out = remedies.train_with_remedy("select", y, flags, np.eye(3)[y], 0, train_fn, predict_fn)
+    assert out.applied == "none"
+    assert out.plan.rows.tolist() == list(range(len(y))) and out.plan.dropped == 0
+
+
+def test_select_reuses_the_out_of_sample_pass_as_no_change():
+    x, y = _blobs(n=90)
+    calls = []
+    train_fn, predict_fn = _one_nn(x)
+
+    def counting(rows, labels, loss_fn):
+        calls.append(len(rows))
+        return train_fn(rows, labels, loss_fn)
+
+    folds = remedies.holdout_folds(len(y), seed=0, folds=3)
+    remedies.train_with_remedy("select", y, np.zeros(len(y), bool), np.eye(3)[y], 0, counting, predict_fn, folds=folds)
+    # 3 candidates x 3 folds + the final model; `none` comes from probs, not a training
+    assert len(calls) == len(remedies.SELECT_CANDIDATES) * 3 + 1
+    with pytest.raises(ValueError, match="unknown remedy"):
+        remedies.train_with_remedy("burn", y, np.zeros(len(y), bool), None, 0, train_fn, predict_fn)
+    with pytest.raises(ValueError, match="needs the out-of-sample"):
+        remedies.train_with_remedy("relabel", y, np.ones(len(y), bool), None, 0, train_fn, predict_fn)
+
+
+# ---------------------------------------------------------------- the injection-corrected noise count
+
+
+def test_inject_flips_moves_exactly_the_requested_rows_to_other_classes():
+    from winnow.tasks import noise_rate
+
+    labels = np.random.default_rng(0).integers(0, 4, 500)
+    out = noise_rate.inject_flips(labels, 4, 0.1, seed=3)
+    assert int((out != labels).sum()) == 50 and out.min() >= 0 and out.max() < 4
+    assert np.array_equal(out, noise_rate.inject_flips(labels, 4, 0.1, seed=3))
+    with pytest.raises(ValueError, match="rate"):
+        noise_rate.inject_flips(labels, 4, 0.0, seed=0)
+    with pytest.raises(ValueError, match="num_classes"):
+        noise_rate.inject_flips(labels, 3, 0.1, seed=0)
+
+
+def test_injection_corrects_an_estimator_that_counts_a_fixed_share():
+    """A model that puts 0.7 on the true class: `expected` then counts 0.6 of the wrong labels,
+    and its response to the injected flips reveals that share."""
+    from winnow.tasks import noise_rate
+
+    rng = np.random.default_rng(1)
+    n, c = 4000, 4
+    truth = rng.integers(0, c, n)
+    given = noise_rate.inject_flips(truth, c, 0.25, seed=9)
+    probs = np.full((n, c), 0.1)
+    probs[np.arange(n), truth] = 0.7
+    wrong = int((given != truth).sum())
+    plain = noise_rate.expected_count(given, probs)
+    assert plain == pytest.approx(0.6 * wrong, rel=0.02)
+    # the retrained model sees the same inputs, so its probabilities are the same
+    corrected = noise_rate.injected_slope_count(given, probs, probs, 0.1, seed=5)
+    assert corrected == pytest.approx(wrong, rel=0.05)
+    with pytest.raises(ValueError, match="base must be"):
+        noise_rate.injected_slope_count(given, probs, probs, 0.1, base="guess")
+
+
+def test_relabel_other_names_the_runner_up_class_of_flagged_rows_only():
+    labels = np.array([0, 1, 2, 0])
+    flags = np.array([True, True, False, False])
+    probs = np.array([[0.6, 0.1, 0.3], [0.2, 0.7, 0.1], [0.1, 0.1, 0.8], [0.1, 0.8, 0.1]])
+    plan = remedies.relabel_other(labels, flags, probs)
+    # row 0: the model agrees with the (flagged) label, the runner-up is class 2; row 3 is not flagged
+    assert plan.labels.tolist() == [2, 0, 2, 0] and plan.rows.tolist() == [0, 1, 2, 3]
+    assert plan.changed == 2 and plan.dropped == 0
+    with pytest.raises(ValueError, match="probs must have shape"):
+        remedies.relabel_other(labels, flags, probs[:2])
+
+
+def test_choose_on_holdout_with_folds_needs_every_fold_to_agree():
+    rng = np.random.default_rng(0)
+    base = rng.random(600) < 0.5
+    fold_of = np.repeat([0, 1, 2], 200)
+    better = base.copy()
+    better |= rng.random(600) < 0.4  # wins in every fold
+    assert remedies.choose_on_holdout({"none": base, "prune": better}, fold_of=fold_of)[0] == "prune"
+    worse_in_2 = better.copy()
+    worse_in_2[400:] = base[400:] & (rng.random(200) < 0.8)  # ... but loses fold 2: training noise
+    assert remedies.choose_on_holdout({"none": base, "prune": worse_in_2})[0] == "prune"  # pooled alone says yes
+    assert remedies.choose_on_holdout({"none": base, "prune": worse_in_2}, fold_of=fold_of)[0] == "none"
+    with pytest.raises(ValueError, match="fold_of must have shape"):
+        remedies.choose_on_holdout({"none": base, "prune": better}, fold_of=fold_of[:10])
