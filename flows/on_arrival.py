@@ -182,7 +182,10 @@ def _judge(path, stream, batch_id, accepted, names, model, config, seed, gate_cf
     # on a Dask task runner (WINNOW_WORKERS / WINNOW_DASK): folds, then scorers, side by side
     oos_key = out_of_sample(run, train_key)
     score_keys = {n: run.submit(f"score-{n}", stages.score, train_key, n, oos_key) for n in names}
-    k = run("estimate-k", stages.estimate_k, oos_key, train_key)
+    # confident learning's count, not the audit's default estimator: the gate's canary recall is
+    # measured at k, and with `expected` a clean arrival counted 2-5 wrong labels for 6 canaries
+    # (docs/remedies.md, benchmarks/arrival_k.py)
+    k = run("estimate-k", stages.estimate_k, oos_key, train_key, "confident")
     score_keys, oos_key = {n: run.result(p) for n, p in score_keys.items()}, run.result(oos_key)
 
     train_rows = pool.split == "train"

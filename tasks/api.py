@@ -62,6 +62,7 @@ def find_label_issues(labels, pred_probs=None, features=None, images=None, *, nu
     """
     import torch
 
+    from .metrics import ranking
     from .models.nets import build_model, check_fits
     from .models.training import train_model
     from .scorers import TrainingContext, default_scorers, get_scorer, parse_scorer_list, probability_scorers
@@ -114,7 +115,7 @@ def find_label_issues(labels, pred_probs=None, features=None, images=None, *, nu
     probs = ctx.out_of_sample_probs()
     scores = {n: get_scorer(n)(ctx) for n in names}
     k = estimate_noise_count(y, probs)
-    order = np.argsort(-scores[names[0]], kind="stable")
+    order = ranking(scores[names[0]])
     table = pd.DataFrame({"index": order, "label": y[order], "suggested_label": probs.argmax(1)[order],
                           "score": scores[names[0]][order], "is_label_issue": np.arange(len(y)) < k})
     for n in names:

@@ -27,6 +27,7 @@ from .data import noise as noise_lib
 from .data.classes import MIN_CLASS_SAMPLES, ClassSpec
 from .data.dataset import Dataset
 from .data.sources import load_source
+from .metrics import ranking
 from .models import TrainConfig, build_model
 from .models.training import accuracy, predict_logits
 from .scorers import TrainingContext, get_scorer
@@ -548,7 +549,7 @@ def retrain(train_key: str, label: str, score_key: str | None, k: int, clean: bo
     flags = np.zeros(ctx.n, dtype=bool)
     if score_key is not None and k > 0:
         scores = artifacts.load_frame("scores", score_key)["score"].to_numpy()
-        flags[np.argsort(-scores, kind="stable")[:k]] = True
+        flags[ranking(scores)[:k]] = True
     y = data.train.label if clean else data.noisy
     if not flags.any() and remedy != "gce":
         remedy = "prune"  # nothing flagged: every flag-based remedy is the plain retrain

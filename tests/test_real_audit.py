@@ -147,8 +147,8 @@ def test_labels_csv_features_and_pred_probs(prefect_server, fresh_home, tmp_path
     # 20 are wrong; the default estimator (`expected`, docs/remedies.md) counts 18 of them
     assert rc == 0 and "estimated wrong labels: 18 of 400 (4.5%)" in out and "given pred_probs" in out
     run = lake.sql("SELECT * FROM runs WHERE mode = 'real' ORDER BY created_at DESC").iloc[0]
-    assert run["model"] == "given-probs" and set(_rows("flags", run["run_id"])["sample_id"]) == {
-        f"p{i}" for i in range(20)}
+    flagged = set(_rows("flags", run["run_id"])["sample_id"])
+    assert run["model"] == "given-probs" and len(flagged) == 18 and flagged <= {f"p{i}" for i in range(20)}
     rc, _, err = cli("run", "--dataset", "parquet", "--path", str(pp), "--scorers", "tracin")
     assert rc == 2 and "need a trained model" in err
     rc, _, err = cli("explain", run["run_id"])
