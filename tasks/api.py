@@ -57,7 +57,8 @@ def find_label_issues(labels, pred_probs=None, features=None, images=None, *, nu
     pandas.DataFrame, n rows sorted most suspicious first
         ``index`` (row in the input), ``label``, ``suggested_label`` (out-of-sample argmax),
         ``score`` (the first scorer; higher = more suspicious), ``is_label_issue`` (the top k, k =
-        confident learning's estimate of the number of wrong labels), one ``score_<name>`` column
+        the estimated number of wrong labels, the estimator ``winnow run`` uses:
+        :data:`winnow.tasks.noise_rate.RECOMMENDED`), one ``score_<name>`` column
         per scorer.
     """
     import torch
@@ -67,7 +68,7 @@ def find_label_issues(labels, pred_probs=None, features=None, images=None, *, nu
     from .models.training import train_model
     from .scorers import TrainingContext, default_scorers, get_scorer, parse_scorer_list, probability_scorers
     from .scorers.base import scorer_class
-    from .scorers.confident import estimate_noise_count
+    from .noise_rate import estimate_noise_count  # the same count as `winnow run` (noise_rate.RECOMMENDED)
     from .stages import default_config
 
     given = [a for a in (pred_probs, features, images) if a is not None]

@@ -21,7 +21,11 @@ def test_pred_probs_rank_the_flipped_labels_first():
     table = winnow.find_label_issues(given, pred_probs=probs)
     assert list(table.columns[:5]) == ["index", "label", "suggested_label", "score", "is_label_issue"]
     assert set(table["index"][:30]) == set(range(30))
-    assert table["is_label_issue"].sum() == 30
+    # k is `winnow run`'s count (noise_rate.RECOMMENDED), here within 20% of the 30 flips
+    from winnow.tasks.noise_rate import estimate_noise_count
+
+    k = table["is_label_issue"].sum()
+    assert k == estimate_noise_count(given, probs) and 24 <= k <= 36
     assert (table.set_index("index").loc[range(30), "suggested_label"] == y[:30]).all()
     assert {"score_loss", "score_margin", "score_confident"} <= set(table.columns)
 
