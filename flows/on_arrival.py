@@ -25,6 +25,7 @@ from prefect.cache_policies import NO_CACHE
 
 from winnow.flows.arrival_publish import publish
 from winnow.flows.scaleout import Stages, out_of_sample, runner_from_env
+from winnow.flows.watch import ARRIVAL_EVENT  # the event the watcher emits and the deployment awaits
 from winnow.tasks import arrivals, artifacts, batches, canaries, gates, lake, registry, review, stages
 from winnow.tasks.data.dataset import Dataset
 from winnow.tasks.gates import GateFailed
@@ -32,7 +33,6 @@ from winnow.tasks.scorers import parse_scorer_list
 from winnow.tasks.settings import paths
 from winnow.tasks.validation import CheckReport
 
-from winnow.flows.watch import ARRIVAL_EVENT  # the event the watcher emits and the deployment awaits
 DEFAULT_SCORERS = "confident,loss"  # the first one ranks the flags
 
 __all__ = ["ARRIVAL_EVENT", "ArrivalResult", "GateFailed", "on_arrival"]
