@@ -44,6 +44,18 @@ REMEDIES = ["select", "prune", "relabel", "relabel-other", "weight", "semi", "gc
 DETECTOR = "knn-aum"
 
 
+def _reload_cell(js: Path, info: dict, limit: int):
+    """A stored cell's arrays, its setting's data reloaded (checked against the stored labels) and
+    its training recipe."""
+    setting, seed = info["setting"], info["seed"]
+    arrays = np.load(js.with_suffix(".npz"))
+    embedded = (arrays["emb_x"], arrays["emb_test_x"]) if "emb_x" in arrays.files else None
+    data = load_setting(setting, seed, info["n"] if setting.startswith("fmnist") else limit, embedded)
+    if not np.array_equal(data[2], arrays["y_given"]):
+        raise ValueError(f"{js.name}: reloaded labels differ from the stored cell (different --limit?)")
+    return arrays, data, recipe(setting, data[0], seed)
+
+
 def _cells(out: Path, settings: list[str] | None, seeds: list[int] | None):
     for js in sorted(out.glob("*__s*.json")):
         if js.name.endswith(".remedies.json"):
@@ -79,7 +91,7 @@ def cmd_remedies(args) -> int:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     for js, info in _cells(out, args.settings, args.seeds):
-        setting, seed = info["setting"], info["seed"]
+        seed = info["seed"]
         res_path = js.with_name(js.name.replace(".json", ".remedies.json"))
         res = json.loads(res_path.read_text()) if res_path.exists() else {}
         key = f"{args.detector}|{args.estimator}"
@@ -87,13 +99,7 @@ def cmd_remedies(args) -> int:
         todo = [r for r in args.remedies if r not in done]
         if not todo and "oracle" in res:
             continue
-        arrays = np.load(js.with_suffix(".npz"))
-        embedded = (arrays["emb_x"], arrays["emb_test_x"]) if "emb_x" in arrays.files else None
-        model_kind, x, y_given, y_true, _, tx, ty = load_setting(setting, seed, info["n"] if setting.startswith("fmnist")
-                                                                 else args.limit, embedded)
-        if not np.array_equal(y_given, arrays["y_given"]):
-            raise ValueError(f"{js.name}: reloaded labels differ from the stored cell (different --limit?)")
-        cfg = recipe(setting, model_kind, seed)
+        arrays, (model_kind, x, y_given, y_true, _, tx, ty), cfg = _reload_cell(js, info, args.limit)
         x, tx = torch.as_tensor(x), torch.as_tensor(tx)
         factory = lambda: build_model(model_kind, tuple(x.shape[1:]), 10)  # noqa: E731
         train_fn, predict_fn = _trainer(factory, x, cfg)
@@ -154,14 +160,8 @@ def cmd_inject(args) -> int:
         target = js.with_name(js.name.replace(".json", ".inject.npz"))
         if target.exists():
             continue
-        setting, seed = info["setting"], info["seed"]
-        arrays = np.load(js.with_suffix(".npz"))
-        embedded = (arrays["emb_x"], arrays["emb_test_x"]) if "emb_x" in arrays.files else None
-        model_kind, x, y_given, _, _, _, _ = load_setting(setting, seed, info["n"] if setting.startswith("fmnist")
-                                                           else args.limit, embedded)
-        if not np.array_equal(y_given, arrays["y_given"]):
-            raise ValueError(f"{js.name}: reloaded labels differ from the stored cell (different --limit?)")
-        cfg = recipe(setting, model_kind, seed)
+        seed = info["seed"]
+        arrays, (model_kind, x, y_given, _, _, _, _), cfg = _reload_cell(js, info, args.limit)
         x = torch.as_tensor(x)
         factory = lambda: build_model(model_kind, tuple(x.shape[1:]), 10)  # noqa: E731
         t0 = time.perf_counter()
