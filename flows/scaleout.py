@@ -103,6 +103,28 @@ def _runner_class():
                               performance_report_path=self.performance_report_path,
                               torch_threads=self.torch_threads)
 
+        def submit(self, task, parameters, wait_for=None, dependencies=None):
+            """prefect-dask's submit, with ``pure=False``: Dask then names the work by a fresh id
+            instead of hashing the task, its parameters and its context (26 ms a task, see
+            :mod:`winnow.flows.task_overhead`). Each carries a new task-run id, so no two were ever
+            the same computation; nothing is lost."""
+            from prefect_dask.task_runners import PrefectDaskFuture
+
+            if not self._started:
+                raise RuntimeError("The task runner must be started before submitting work.")
+            future = self.client.submit(task, parameters=self._optimize_futures(parameters),
+                                        wait_for=self._optimize_futures(wait_for) if wait_for else None,
+                                        dependencies=dependencies, return_type="state", pure=False)
+            return PrefectDaskFuture(wrapped_future=future, task_run_id=future.task_run_id)
+
+        def __enter__(self):
+            from winnow.flows.task_overhead import lean_settings
+
+            super().__enter__()
+            # entered on the runner's own stack, so it ends when the runner does
+            self._exit_stack.enter_context(lean_settings(paths().prefect_home))
+            return self
+
         def __exit__(self, *args):
             pids = {int(w.pid) for w in (getattr(self._cluster, "workers", None) or {}).values()
                     if getattr(w, "pid", None)}

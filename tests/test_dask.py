@@ -155,3 +155,35 @@ def test_rows_of_uint8_scale_per_batch_and_stream_a_context():
     assert torch.allclose(ctx.x, rows.materialize())
     with pytest.raises(ValueError, match="not numeric"):
         Rows(np.array(["a", "b"]))
+
+
+def test_dask_tasks_carry_the_flow_settings_as_objects_and_a_one_certificate_ca_file(prefect_server, tmp_path):
+    import pickle
+    from pathlib import Path
+
+    import cloudpickle
+    from prefect.client.orchestration import get_client
+    from prefect.context import SettingsContext
+    from prefect.settings import PREFECT_API_SSL_CERT_FILE, PREFECT_API_URL, temporary_settings
+
+    from winnow.flows.task_overhead import LiveSettingsContext, lean_settings
+
+    assert PREFECT_API_URL.value().startswith("http://")
+    with lean_settings(tmp_path):
+        live = SettingsContext.get()
+        assert isinstance(live, LiveSettingsContext)
+        sent = live.serialize()
+        assert sent["settings"] is live.settings  # nothing converted, nothing re-read on a worker
+        ca = Path(PREFECT_API_SSL_CERT_FILE.value())
+        assert ca.parent == tmp_path and ca.read_text().count("BEGIN CERTIFICATE") == 1
+        with get_client(sync_client=True) as client:  # the client a worker builds accepts the file
+            assert client.api_healthcheck() is None
+        rebuilt = SettingsContext(**pickle.loads(cloudpickle.dumps(sent)))  # what a worker does
+        assert rebuilt.settings == live.settings
+        with lean_settings(tmp_path):  # a worker entering its copy of the runner: no second rebuild
+            assert SettingsContext.get() is live
+    assert not isinstance(SettingsContext.get(), LiveSettingsContext)
+    with temporary_settings({PREFECT_API_URL: "https://prefect.example/api"}):
+        before = PREFECT_API_SSL_CERT_FILE.value()
+        with lean_settings(tmp_path):  # over https the CA file is the user's
+            assert PREFECT_API_SSL_CERT_FILE.value() == before
