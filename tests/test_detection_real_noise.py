@@ -7,7 +7,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 from winnow.tasks import noise_rate, remedies
 from winnow.tasks.data.cifar10n import load_cifar10n
@@ -65,6 +64,64 @@ def test_knn_votes_validate_inputs():
         knn_votes(x, x, np.full(5, 3), 2, k=2)
     with pytest.raises(ValueError, match="width"):
         knn_votes(np.zeros((2, 3)), x, np.zeros(5, int), 2, k=2)
+
+
+def test_knn_votes_skip_each_querys_own_row_in_a_sampled_reference():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(40, 4))
+    labels = rng.integers(0, 3, size=40)
+    ref = np.array([1, 5, 6, 9, 13, 20, 21, 30, 33, 39])
+    own = np.full(40, -1)
+    own[ref] = np.arange(len(ref))
+    got = knn_votes(x, x[ref], labels[ref], 3, k=4, self_rows=own, block=7)
+    for i in range(40):  # the definition, one query at a time, its own row left out of the reference
+        keep = ref[ref != i]
+        # the centre is the mean of the whole sample, own row included
+        centre = x[ref].mean(0)
+        qn = (x[i] - centre) / np.linalg.norm(x[i] - centre)
+        rn = (x[keep] - centre) / np.linalg.norm(x[keep] - centre, axis=1, keepdims=True)
+        sim = rn @ qn
+        top = np.argsort(-sim, kind="stable")[:4]
+        want = np.ones(3)
+        for j in top:
+            want[labels[keep][j]] += (1 + sim[j]) / 2
+        np.testing.assert_allclose(got[i], want / want.sum(), atol=1e-5)
+    np.testing.assert_allclose(knn_votes(x, x, labels, 3, k=4, self_rows=np.arange(40)),
+                               knn_votes(x, x, labels, 3, k=4, exclude_self=True))
+    with pytest.raises(ValueError, match="self_rows must lie"):
+        knn_votes(x, x[ref], labels[ref], 3, k=4, self_rows=np.full(40, 10))
+
+
+def test_reference_rows_keep_every_class_and_are_seeded():
+    from winnow.tasks.scorers.neighbors import reference_rows
+
+    labels = np.r_[np.zeros(9000, int), np.ones(990, int), np.full(10, 2)]
+    assert np.array_equal(reference_rows(labels, 3, cap=10_000), np.arange(10_000))  # under the cap: all
+    ref = reference_rows(labels, 3, cap=1000, seed=4, k=10)
+    assert np.array_equal(ref, reference_rows(labels, 3, cap=1000, seed=4, k=10))
+    assert not np.array_equal(ref, reference_rows(labels, 3, cap=1000, seed=5, k=10))
+    assert np.all(np.diff(ref) > 0)
+    counts = np.bincount(labels[ref], minlength=3)
+    assert counts[0] == 900 and counts[1] == 99 and counts[2] == 10  # the rare class whole
+    with pytest.raises(ValueError, match="cap must exceed k"):
+        reference_rows(labels, 3, cap=10, k=10)
+
+
+def test_knn_aum_on_a_sampled_reference_still_finds_the_flips(monkeypatch):
+    """Past the cap the penultimate vote searches a sample of the rows: on a real training run with
+    the cap at a quarter of the rows, the vote still ranks planted flips far above clean samples."""
+    from sklearn.metrics import roc_auc_score
+
+    from winnow.tasks.scorers import neighbors
+
+    ctx, y_noisy, y_true = noisy_digits_context(1, epochs=6)
+    full = label_disagreement(neighbors.neighbour_votes(ctx, "penultimate"), y_noisy)
+    monkeypatch.setattr(neighbors, "MAX_REFERENCE_ROWS", ctx.n // 4)
+    sampled = label_disagreement(neighbors.neighbour_votes(ctx, "penultimate"), y_noisy)
+    flipped = y_noisy != y_true
+    assert not np.allclose(full, sampled)  # the sample was used
+    assert roc_auc_score(flipped, sampled) > 0.9
+    assert abs(roc_auc_score(flipped, sampled) - roc_auc_score(flipped, full)) < 0.05
 
 
 def test_out_of_sample_views_reproduce_the_contexts_probabilities():

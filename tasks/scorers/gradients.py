@@ -579,8 +579,13 @@ def iter_head_features(model: nn.Module, x: torch.Tensor, batch_size: int = 128
                        ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Stream ``(idx, features, logits)``: the input of ``model.head`` and the model's output.
 
+    ``x`` is a tensor or a :class:`~winnow.tasks.models.rows.Rows` (read a batch at a time, never
+    whole).
+
     Shapes: idx (B,), features (B, d), logits (B, C); on the model's device.
     """
+    from ..models.rows import Rows
+
     head = head_of(model)
     device = model_device(model)
     box = []
@@ -589,7 +594,7 @@ def iter_head_features(model: nn.Module, x: torch.Tensor, batch_size: int = 128
         for start in range(0, len(x), batch_size):
             idx = torch.arange(start, min(start + batch_size, len(x)))
             box.clear()
-            logits = model(x[idx].to(device))
+            logits = model((x.take(idx) if isinstance(x, Rows) else x[idx]).to(device))
             if len(box) != 1 or box[0].ndim != 2:
                 raise ValueError("model.head must be called exactly once per forward pass on (B, d) features")
             yield idx, box[0], logits
@@ -598,14 +603,18 @@ def iter_head_features(model: nn.Module, x: torch.Tensor, batch_size: int = 128
 
 
 def head_features(model: nn.Module, x, batch_size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features entering ``model.head`` and the logits, for all of ``x``.
+    """Features entering ``model.head`` and the logits, for all of ``x`` (a tensor, or
+    :class:`~winnow.tasks.models.rows.Rows` streamed a batch at a time).
 
     Returns
     -------
     features : torch.Tensor, shape (n, d), on the CPU, model dtype
     logits : torch.Tensor, shape (n, C), on the CPU
     """
-    x, _ = as_inputs(model, x)
+    from ..models.rows import Rows
+
+    if not isinstance(x, Rows):  # Rows stream float32 batches
+        x, _ = as_inputs(model, x)
     batch_size = check_batch_size(batch_size)
     feats, logits = [], []
     for _, f, z in iter_head_features(model, x, batch_size):

@@ -16,6 +16,12 @@ Feature spaces offered (option ``space``):
   (one forward pass), but the model has seen, and partly memorised, every given label.
 * ``input``: the raw inputs (flattened; user embeddings arrive this way).
 
+Past :data:`MAX_REFERENCE_ROWS` training samples, the ``penultimate`` and ``input`` votes are
+taken among a seeded, class-stratified sample of that many reference rows (every sample still
+gets its vote): the exact search costs n² (10⁶ rows: 10¹² similarities, hours on two cores), the
+sampled one n · 32,768. See :func:`reference_rows` and ``docs/scale/README.md`` for what it
+costs in detection.
+
 The score is ``1 - q(y_i)``, where ``q`` is the similarity-weighted, Laplace-smoothed share of the
 k neighbours carrying each label. ``knn-consensus`` averages that vote with the out-of-sample
 probabilities and the audited run's area under the margin (rank average): three views that fail
@@ -38,6 +44,8 @@ DEFAULT_K = 10
 #: the context cache entry holding the out-of-sample votes for the default k (the audit flow's
 #: out-of-sample stage persists them and puts them back here)
 OOS_VOTES_CACHE = f"oos_knn_{DEFAULT_K}"
+#: most reference rows a whole-set vote searches (see :func:`reference_rows`)
+MAX_REFERENCE_ROWS = 32_768
 
 
 def _normalise(features: torch.Tensor) -> torch.Tensor:
@@ -48,8 +56,45 @@ def _normalise(features: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(features, dim=1)
 
 
+def reference_rows(labels: np.ndarray, num_classes: int, cap: int = MAX_REFERENCE_ROWS, seed: int = 0,
+                   k: int = DEFAULT_K) -> np.ndarray:
+    """The training rows a whole-set k-NN vote searches: all of them up to ``cap``, else a
+    seeded sample of ``cap`` rows stratified by given label.
+
+    Each class keeps its share of ``cap``, and at least ``4 k`` rows (or all it has): a rare
+    class sampled in proportion would lose its own neighbours, and its samples would be outvoted.
+
+    Parameters
+    ----------
+    labels : shape (n,), int in [0, num_classes)
+    cap : int, > k
+
+    Returns
+    -------
+    np.ndarray, shape (r,), int64, sorted: positions into ``labels``; r = n when n <= cap.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be a 1-D integer array, got shape {labels.shape}, dtype {labels.dtype}")
+    if cap <= k:
+        raise ValueError(f"cap must exceed k = {k}, got {cap}")
+    n = len(labels)
+    if n <= cap:
+        return np.arange(n, dtype=np.int64)
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise ValueError(f"labels must lie in [0, {num_classes})")
+    rng = np.random.default_rng(seed + 7919)
+    picked = []
+    for c in range(num_classes):
+        members = np.flatnonzero(labels == c)
+        quota = min(len(members), max(int(round(cap * len(members) / n)), 4 * k))
+        picked.append(rng.choice(members, size=quota, replace=False))
+    return np.sort(np.concatenate(picked)).astype(np.int64)
+
+
 def knn_votes(query: np.ndarray | torch.Tensor, reference: np.ndarray | torch.Tensor, reference_labels: np.ndarray,
-              num_classes: int, k: int = 10, exclude_self: bool = False, block: int = 1024) -> np.ndarray:
+              num_classes: int, k: int = 10, exclude_self: bool = False, block: int = 1024,
+              self_rows: np.ndarray | None = None) -> np.ndarray:
     """Similarity-weighted label votes of each query's ``k`` nearest reference samples (cosine).
 
     Parameters
@@ -62,6 +107,9 @@ def knn_votes(query: np.ndarray | torch.Tensor, reference: np.ndarray | torch.Te
         Neighbours per query, 1 <= k < r.
     exclude_self : bool
         ``query`` *is* ``reference`` (same rows): a sample never votes for itself.
+    self_rows : shape (m,), int, optional
+        Each query's own row in ``reference``, or -1 where it is not there (``reference`` a
+        sample of the queries): that row never votes for it. ``exclude_self`` is ``arange(m)``.
 
     Returns
     -------
@@ -77,8 +125,16 @@ def knn_votes(query: np.ndarray | torch.Tensor, reference: np.ndarray | torch.Te
         raise ValueError(f"reference_labels must have shape ({len(r)},), got {labels.shape}")
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
         raise ValueError(f"reference_labels must lie in [0, {num_classes})")
-    if exclude_self and len(q) != len(r):
-        raise ValueError(f"exclude_self needs query is reference, got {len(q)} and {len(r)} rows")
+    if exclude_self:
+        if len(q) != len(r):
+            raise ValueError(f"exclude_self needs query is reference, got {len(q)} and {len(r)} rows")
+        self_rows = np.arange(len(q))
+    if self_rows is not None:
+        self_rows = np.asarray(self_rows)
+        if self_rows.shape != (len(q),) or not np.issubdtype(self_rows.dtype, np.integer):
+            raise ValueError(f"self_rows must be an integer array of shape ({len(q)},), got {self_rows.shape}")
+        if self_rows.size and (self_rows.min() < -1 or self_rows.max() >= len(r)):
+            raise ValueError(f"self_rows must lie in [-1, {len(r)})")
     if not 1 <= k < len(r):
         raise ValueError(f"k must lie in [1, {len(r) - 1}], got {k}")
     if not (torch.isfinite(q).all() and torch.isfinite(r).all()):
@@ -91,9 +147,10 @@ def knn_votes(query: np.ndarray | torch.Tensor, reference: np.ndarray | torch.Te
     votes = torch.ones(len(q), num_classes, dtype=torch.float64)  # one pseudo-vote per class
     for start in range(0, len(q), block):
         sim = qn[start:start + block] @ rn.T
-        if exclude_self:
-            rows = torch.arange(sim.shape[0])
-            sim[rows, rows + start] = -np.inf
+        if self_rows is not None:
+            own = torch.as_tensor(self_rows[start:start + block])
+            hit = torch.nonzero(own >= 0).flatten()
+            sim[hit, own[hit]] = -np.inf
         top, idx = sim.topk(k, dim=1)
         weight = (1.0 + top.double()) / 2.0  # cosine in [-1, 1] -> [0, 1]
         votes[start:start + block].scatter_add_(1, lab[idx], weight)
@@ -155,18 +212,27 @@ def out_of_sample_views(ctx: TrainingContext, k: int = DEFAULT_K,
     return ctx._cache["oos_probs"], votes
 
 
-def neighbour_votes(ctx: TrainingContext, space: str = "oos", k: int = 10) -> np.ndarray:
-    """Each training sample's k-NN label votes in ``space`` (one of :data:`SPACES`). Shape (n, C)."""
+def neighbour_votes(ctx: TrainingContext, space: str = "oos", k: int = 10, max_reference: int | None = None
+                    ) -> np.ndarray:
+    """Each training sample's k-NN label votes in ``space`` (one of :data:`SPACES`). Shape (n, C).
+
+    ``max_reference``: most rows searched in the ``penultimate`` and ``input`` spaces (default
+    :data:`MAX_REFERENCE_ROWS`; see :func:`reference_rows`)."""
     if space not in SPACES:
         raise ValueError(f"unknown feature space {space!r}; choose one of {', '.join(SPACES)}")
     if space == "oos":
         return out_of_sample_views(ctx, k)[1]
     if space == "penultimate":
-        with torch.no_grad():
-            feats = _features(ctx.model_at(-1), ctx.x)
+        with torch.no_grad():  # streamed: the inputs are never whole in memory
+            feats = _features(ctx.model_at(-1), ctx.rows)
     else:
         feats = ctx.x.reshape(ctx.n, -1)
-    return knn_votes(feats, feats, ctx.y.numpy(), ctx.num_classes, k=min(k, ctx.n - 1), exclude_self=True)
+    y = ctx.y.numpy()
+    ref = reference_rows(y, ctx.num_classes, cap=max_reference or MAX_REFERENCE_ROWS, seed=ctx.seed, k=k)
+    own = np.full(ctx.n, -1, dtype=np.int64)
+    own[ref] = np.arange(len(ref))
+    return knn_votes(feats, feats[torch.as_tensor(ref)], y[ref], ctx.num_classes, k=min(k, len(ref) - 1),
+                     self_rows=own)
 
 
 def _int_option(options: dict, name: str, default: int) -> int:
@@ -180,6 +246,13 @@ def _int_option(options: dict, name: str, default: int) -> int:
     return value
 
 
+def _reference_option(options: dict, n: int) -> int:
+    """Option ``reference``: most rows a whole-set vote searches; ``all`` = an exact search."""
+    if str(options.get("reference", "")).strip().lower() == "all":
+        return max(n, DEFAULT_K + 1)
+    return _int_option(options, "reference", MAX_REFERENCE_ROWS)
+
+
 @register
 class DeepKnn(Scorer):
     name = "knn"
@@ -188,7 +261,8 @@ class DeepKnn(Scorer):
 
     def score(self, ctx: TrainingContext) -> np.ndarray:
         space = str(self.options.get("space", "oos"))
-        votes = neighbour_votes(ctx, space, _int_option(self.options, "k", DEFAULT_K))
+        votes = neighbour_votes(ctx, space, _int_option(self.options, "k", DEFAULT_K),
+                                _reference_option(self.options, ctx.n))
         return label_disagreement(votes, ctx.y.numpy())
 
 
@@ -228,13 +302,13 @@ class KnnConsensus(Scorer):
         return consensus_scores(probs, votes, area_under_margin(ctx.checkpoint_logits(), ctx.y), ctx.y.numpy())
 
 
-def _training_views(ctx: TrainingContext, k: int) -> dict[str, np.ndarray]:
+def _training_views(ctx: TrainingContext, k: int, max_reference: int | None = None) -> dict[str, np.ndarray]:
     """The cheap views of one training run, each higher = more suspicious, shape (n,)."""
     from .dynamics import area_under_margin
     from .loss import per_sample_loss
 
     logits = ctx.checkpoint_logits()
-    votes = neighbour_votes(ctx, "penultimate", k)
+    votes = neighbour_votes(ctx, "penultimate", k, max_reference)
     return {"aum": -area_under_margin(logits, ctx.y), "loss": per_sample_loss(logits[-1], ctx.y),
             "knn-pen": label_disagreement(votes, ctx.y.numpy())}
 
@@ -243,10 +317,12 @@ def _training_views(ctx: TrainingContext, k: int) -> dict[str, np.ndarray]:
 class KnnAum(Scorer):
     name = "knn-aum"
     summary = ("rank average of AUM and the k-NN label vote in the final model's penultimate layer "
-               "(no K-fold: one forward pass and a neighbour search on top of training; k=10)")
+               "(no K-fold: one forward pass and a neighbour search on top of training; k=10, "
+               "reference=32768 rows searched at most, or all)")
 
     def score(self, ctx: TrainingContext) -> np.ndarray:
-        views = _training_views(ctx, _int_option(self.options, "k", DEFAULT_K))
+        views = _training_views(ctx, _int_option(self.options, "k", DEFAULT_K),
+                                _reference_option(self.options, ctx.n))
         return rank_average([views["aum"], views["knn-pen"]])
 
 
@@ -257,5 +333,6 @@ class KnnAumLoss(Scorer):
                "(no K-fold; k=10)")
 
     def score(self, ctx: TrainingContext) -> np.ndarray:
-        views = _training_views(ctx, _int_option(self.options, "k", DEFAULT_K))
+        views = _training_views(ctx, _int_option(self.options, "k", DEFAULT_K),
+                                _reference_option(self.options, ctx.n))
         return rank_average([views["loss"], views["aum"], views["knn-pen"]])
