@@ -141,12 +141,12 @@ def knn_votes(query: np.ndarray | torch.Tensor, reference: np.ndarray | torch.Te
         raise ValueError("features must be finite")
     # centre both on the reference mean, then unit length: cosine similarity as a dot product
     centre = r.mean(0, keepdim=True)
-    qn = torch.nn.functional.normalize(q - centre, dim=1)
     rn = torch.nn.functional.normalize(r - centre, dim=1)
     lab = torch.as_tensor(labels)
     votes = torch.ones(len(q), num_classes, dtype=torch.float64)  # one pseudo-vote per class
     for start in range(0, len(q), block):
-        sim = qn[start:start + block] @ rn.T
+        # queries normalised a block at a time: no second (m, d) copy (10⁶ × 128: 512 MB each)
+        sim = torch.nn.functional.normalize(q[start:start + block] - centre, dim=1) @ rn.T
         if self_rows is not None:
             own = torch.as_tensor(self_rows[start:start + block])
             hit = torch.nonzero(own >= 0).flatten()
@@ -166,10 +166,19 @@ def label_disagreement(votes: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return 1.0 - votes[np.arange(len(labels)), labels]
 
 
-def _features(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    from .gradients import head_features
+def _features(model: torch.nn.Module, x) -> torch.Tensor:
+    """Penultimate features of ``x`` (a tensor or streamed Rows), shape (n, d), float32, written
+    into one preallocated array (not gathered and concatenated: that holds them twice)."""
+    from .gradients import iter_head_features
 
-    return head_features(model, x)[0].float()
+    out = None
+    for idx, feats, _ in iter_head_features(model, x, 128):
+        if out is None:
+            out = torch.empty((len(x), feats.shape[1]), dtype=torch.float32)
+        out[idx] = feats.float().cpu()
+    if out is None:
+        raise ValueError("x is empty")
+    return out
 
 
 def out_of_sample_views(ctx: TrainingContext, k: int = DEFAULT_K,
