@@ -10,11 +10,12 @@ mkdir -p "$out"
 for w in 0 2; do
   home=$out/home-w$w; rm -rf "$home"; mkdir -p "$home"
   args=(); [ "$w" -gt 0 ] && args=(--workers "$w")
-  s=$(date +%s.%N)
-  WINNOW_HOME=$home .venv/bin/winnow benchmark --quick "${args[@]}" > "$out/w$w.log" 2>&1
-  rc=$?
-  e=$(date +%s.%N)
-  echo "workers=$w rc=$rc wall=$(echo "$e - $s" | bc) load=$(cut -d' ' -f1-3 /proc/loadavg)"
+  # wall, CPU (user + system of the command and every child it reaped: the Prefect server, the
+  # Dask nannies and workers) and exit status
+  /usr/bin/time -f "%e %U %S %x" -o "$out/w$w.time" env WINNOW_HOME="$home" \
+      .venv/bin/winnow benchmark --quick "${args[@]}" > "$out/w$w.log" 2>&1
+  read -r wall user sys rc < <(tail -n 1 "$out/w$w.time")  # after a "Command exited ..." line
+  echo "workers=$w rc=$rc wall=$wall cpu=$(echo "$user + $sys" | bc) load=$(cut -d' ' -f1-3 /proc/loadavg)"
   WINNOW_HOME=$home .venv/bin/winnow sql "SELECT dataset, noise, rate, seed, scorer, round(auroc, 6) a,
     round(recall_at_k, 6) r FROM benchmark ORDER BY ALL" --format csv > "$out/w$w.csv"
 done

@@ -1,26 +1,28 @@
-"""What each task costs Prefect on Dask, before it does any work, and the two parts winnow removes.
+"""What each task costs Prefect on Dask before it does any work, and the parts winnow removes.
 
-Measured with Prefect 3.8.8 and prefect-dask 0.3.7 (``python benchmarks/dask_task_overhead.py``;
-this 2-core machine): a task that does nothing costs about 9 ms run in the flow's process and
-about 300 ms of CPU submitted to a local Dask worker. Dask's own profiler and cProfile put nearly
-all of it in two places:
+Measured with Prefect 3.8.8 and prefect-dask 0.3.7 on this 2-core machine
+(``python benchmarks/dask_task_overhead.py``, 400 tasks that return at once): a task costs 9 ms
+of CPU run in the flow's process; submitted through prefect-dask's own ``DaskTaskRunner`` to two
+local workers, 49 ms in the flow's process and 157 ms in a worker. Dask's profiler and cProfile
+put nearly all of it in three places, which winnow's runner (:mod:`winnow.flows.scaleout`) cuts
+to 23 + 20 ms:
 
-* **The flow's settings, serialised per task and rebuilt per task.** ``prefect_dask`` sends every
+* **The flow's settings, serialised per task and rebuilt per task.** prefect-dask sends every
   task the current ``SettingsContext`` as a plain dict (``SettingsContext.serialize``, 20 ms in
   the flow's process); the worker turns the dict back into a ``Settings`` model, which re-reads
   the environment, ``.env`` files and the profiles file for each of its ~30 nested models (30 ms).
   :class:`LiveSettingsContext` sends the ``Settings`` object itself (pickled, 10 KiB): nothing is
   serialised, and the worker's rebuild validates an instance (70 µs). The trade: Prefect's dict
-  form converts paths to strings so that a Windows flow can drive Linux workers; a pickled
+  form turns paths into strings so that a Windows flow can drive Linux workers; a pickled
   ``Settings`` needs workers on the same kind of OS as the flow.
-* **A TLS context per API client.** Every Prefect client loads certifi's CA bundle into a new
-  ``ssl`` context (44 ms here), and a worker builds two clients per task. Against a server on
-  plain ``http://`` (the temporary server winnow starts for a run; most local servers) no
-  certificate is ever checked, so :func:`lean_settings` points ``PREFECT_API_SSL_CERT_FILE`` at a
-  one-certificate file (0.8 ms to load) for the run. An ``https://`` API keeps its CA file.
-
-Together: about 90 ms of CPU per task instead of 300, on a run of `winnow benchmark --quick`
-(546 tasks) about 110 s of CPU.
+* **A TLS context per API client.** Every Prefect client loads a CA bundle into a new ``ssl``
+  context (44 ms here), and a worker builds two clients per task. Against a server on plain
+  ``http://`` (the temporary server winnow starts for a run; most local servers) no certificate is
+  ever checked, so :func:`lean_settings` points ``PREFECT_API_SSL_CERT_FILE`` at a one-certificate
+  file (0.8 ms to load) for the run. An ``https://`` API keeps its CA file.
+* **Dask hashing every submission** (``pure=True``: 26 ms a task, cloudpickling the task, its
+  parameters and the context to name it). The runner submits with ``pure=False``; see its
+  ``submit``.
 """
 from __future__ import annotations
 

@@ -107,6 +107,18 @@ def test_reference_rows_keep_every_class_and_are_seeded():
         reference_rows(labels, 3, cap=10, k=10)
 
 
+def test_reference_size_keeps_the_search_within_the_exact_cost_at_32768_rows():
+    from winnow.tasks.scorers.neighbors import EXACT_UP_TO, MIN_REFERENCE_ROWS, reference_size
+
+    assert [reference_size(n) for n in (0, 1_500, EXACT_UP_TO)] == [0, 1_500, EXACT_UP_TO]
+    assert reference_size(100_000) == EXACT_UP_TO ** 2 // 100_000 == 10_737
+    assert reference_size(10**6) == reference_size(10**7) == MIN_REFERENCE_ROWS
+    for n in (40_000, 100_000, 130_000):
+        assert n * reference_size(n) <= EXACT_UP_TO ** 2
+    with pytest.raises(ValueError, match="non-negative"):
+        reference_size(-1)
+
+
 def test_knn_aum_on_a_sampled_reference_still_finds_the_flips(monkeypatch):
     """Past the cap the penultimate vote searches a sample of the rows: on a real training run with
     the cap at a quarter of the rows, the vote still ranks planted flips far above clean samples."""
@@ -116,7 +128,8 @@ def test_knn_aum_on_a_sampled_reference_still_finds_the_flips(monkeypatch):
 
     ctx, y_noisy, y_true = noisy_digits_context(1, epochs=6)
     full = label_disagreement(neighbors.neighbour_votes(ctx, "penultimate"), y_noisy)
-    monkeypatch.setattr(neighbors, "MAX_REFERENCE_ROWS", ctx.n // 4)
+    monkeypatch.setattr(neighbors, "EXACT_UP_TO", ctx.n // 4)
+    monkeypatch.setattr(neighbors, "MIN_REFERENCE_ROWS", ctx.n // 4)
     sampled = label_disagreement(neighbors.neighbour_votes(ctx, "penultimate"), y_noisy)
     flipped = y_noisy != y_true
     assert not np.allclose(full, sampled)  # the sample was used

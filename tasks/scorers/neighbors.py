@@ -16,11 +16,13 @@ Feature spaces offered (option ``space``):
   (one forward pass), but the model has seen, and partly memorised, every given label.
 * ``input``: the raw inputs (flattened; user embeddings arrive this way).
 
-Past :data:`MAX_REFERENCE_ROWS` training samples, the ``penultimate`` and ``input`` votes are
-taken among a seeded, class-stratified sample of that many reference rows (every sample still
-gets its vote): the exact search costs n² (10⁶ rows: 10¹² similarities, hours on two cores), the
-sampled one n · 32,768. See :func:`reference_rows` and ``docs/scale/README.md`` for what it
-costs in detection.
+Up to :data:`EXACT_UP_TO` training samples the ``penultimate`` and ``input`` votes search every
+row. Past it, every sample still gets its vote, but among a seeded, class-stratified sample of
+reference rows sized so that the search costs no more than the exact one at :data:`EXACT_UP_TO`
+rows, and never fewer than :data:`MIN_REFERENCE_ROWS` (:func:`reference_size`): the exact search
+costs n² (10⁶ rows: 10¹² similarities, about two hours on one core), the sampled one at most
+max(32,768², 8,192 n). See :func:`reference_rows` and ``docs/scale/README.md`` for what it costs
+in detection.
 
 The score is ``1 - q(y_i)``, where ``q`` is the similarity-weighted, Laplace-smoothed share of the
 k neighbours carrying each label. ``knn-consensus`` averages that vote with the out-of-sample
@@ -44,8 +46,22 @@ DEFAULT_K = 10
 #: the context cache entry holding the out-of-sample votes for the default k (the audit flow's
 #: out-of-sample stage persists them and puts them back here)
 OOS_VOTES_CACHE = f"oos_knn_{DEFAULT_K}"
-#: most reference rows a whole-set vote searches (see :func:`reference_rows`)
-MAX_REFERENCE_ROWS = 32_768
+#: whole-set votes search every row up to this many samples (see :func:`reference_size`)
+EXACT_UP_TO = 32_768
+#: past that, the fewest reference rows a vote searches
+MIN_REFERENCE_ROWS = 8_192
+
+
+def reference_size(n: int) -> int:
+    """How many reference rows a whole-set vote over ``n`` samples searches: all up to
+    :data:`EXACT_UP_TO`; past it, as many as keep the n × r similarities within the exact
+    search's at :data:`EXACT_UP_TO` rows, but at least :data:`MIN_REFERENCE_ROWS`
+    (10⁵ rows: 10,737; 10⁶: 8,192)."""
+    if n < 0:
+        raise ValueError(f"n must be non-negative, got {n}")
+    if n <= EXACT_UP_TO:
+        return n
+    return max(MIN_REFERENCE_ROWS, EXACT_UP_TO * EXACT_UP_TO // n)
 
 
 def _normalise(features: torch.Tensor) -> torch.Tensor:
@@ -56,7 +72,7 @@ def _normalise(features: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(features, dim=1)
 
 
-def reference_rows(labels: np.ndarray, num_classes: int, cap: int = MAX_REFERENCE_ROWS, seed: int = 0,
+def reference_rows(labels: np.ndarray, num_classes: int, cap: int = EXACT_UP_TO, seed: int = 0,
                    k: int = DEFAULT_K) -> np.ndarray:
     """The training rows a whole-set k-NN vote searches: all of them up to ``cap``, else a
     seeded sample of ``cap`` rows stratified by given label.
@@ -226,7 +242,7 @@ def neighbour_votes(ctx: TrainingContext, space: str = "oos", k: int = 10, max_r
     """Each training sample's k-NN label votes in ``space`` (one of :data:`SPACES`). Shape (n, C).
 
     ``max_reference``: most rows searched in the ``penultimate`` and ``input`` spaces (default
-    :data:`MAX_REFERENCE_ROWS`; see :func:`reference_rows`)."""
+    :func:`reference_size`; see :func:`reference_rows`)."""
     if space not in SPACES:
         raise ValueError(f"unknown feature space {space!r}; choose one of {', '.join(SPACES)}")
     if space == "oos":
@@ -237,7 +253,8 @@ def neighbour_votes(ctx: TrainingContext, space: str = "oos", k: int = 10, max_r
     else:
         feats = ctx.x.reshape(ctx.n, -1)
     y = ctx.y.numpy()
-    ref = reference_rows(y, ctx.num_classes, cap=max_reference or MAX_REFERENCE_ROWS, seed=ctx.seed, k=k)
+    cap = max(max_reference or reference_size(ctx.n), k + 1)
+    ref = reference_rows(y, ctx.num_classes, cap=cap, seed=ctx.seed, k=k)
     own = np.full(ctx.n, -1, dtype=np.int64)
     own[ref] = np.arange(len(ref))
     return knn_votes(feats, feats[torch.as_tensor(ref)], y[ref], ctx.num_classes, k=min(k, len(ref) - 1),
@@ -255,11 +272,14 @@ def _int_option(options: dict, name: str, default: int) -> int:
     return value
 
 
-def _reference_option(options: dict, n: int) -> int:
-    """Option ``reference``: most rows a whole-set vote searches; ``all`` = an exact search."""
-    if str(options.get("reference", "")).strip().lower() == "all":
+def _reference_option(options: dict, n: int) -> int | None:
+    """Option ``reference``: most rows a whole-set vote searches (default: :func:`reference_size`);
+    ``all`` = an exact search."""
+    if "reference" not in options:
+        return None
+    if str(options["reference"]).strip().lower() == "all":
         return max(n, DEFAULT_K + 1)
-    return _int_option(options, "reference", MAX_REFERENCE_ROWS)
+    return _int_option(options, "reference", EXACT_UP_TO)
 
 
 @register
@@ -327,7 +347,7 @@ class KnnAum(Scorer):
     name = "knn-aum"
     summary = ("rank average of AUM and the k-NN label vote in the final model's penultimate layer "
                "(no K-fold: one forward pass and a neighbour search on top of training; k=10, "
-               "reference=32768 rows searched at most, or all)")
+               "reference=N rows searched, or all; default all up to 32,768 rows)")
 
     def score(self, ctx: TrainingContext) -> np.ndarray:
         views = _training_views(ctx, _int_option(self.options, "k", DEFAULT_K),
