@@ -3,9 +3,9 @@
 Measured with Prefect 3.8.8 and prefect-dask 0.3.7 on this 2-core machine
 (``python benchmarks/dask_task_overhead.py``, 400 tasks that return at once): a task costs 9 ms
 of CPU run in the flow's process; submitted through prefect-dask's own ``DaskTaskRunner`` to two
-local workers, 49 ms in the flow's process and 157 ms in a worker. Dask's profiler and cProfile
-put nearly all of it in three places, which winnow's runner (:mod:`winnow.flows.scaleout`) cuts
-to 23 + 20 ms:
+local workers, 49–59 ms in the flow's process and 157–162 ms in a worker. Dask's profiler and
+cProfile put nearly all of it in three places, which winnow's runner (:mod:`winnow.flows.scaleout`)
+cuts to 17–23 + 20–37 ms (two runs; ``docs/scale/README.md``):
 
 * **The flow's settings, serialised per task and rebuilt per task.** prefect-dask sends every
   task the current ``SettingsContext`` as a plain dict (``SettingsContext.serialize``, 20 ms in

@@ -135,6 +135,15 @@ def test_knn_aum_on_a_sampled_reference_still_finds_the_flips(monkeypatch):
     assert not np.allclose(full, sampled)  # the sample was used
     assert roc_auc_score(flipped, sampled) > 0.9
     assert abs(roc_auc_score(flipped, sampled) - roc_auc_score(flipped, full)) < 0.05
+    # the scorer option: reference=all searches every row again
+    from winnow.tasks.scorers import get_scorer
+    from winnow.tasks.scorers.dynamics import area_under_margin
+    from winnow.tasks.scorers.ensemble import rank_average
+
+    exact = rank_average([-area_under_margin(ctx.checkpoint_logits(), ctx.y), full])
+    np.testing.assert_allclose(get_scorer("knn-aum:reference=all")(ctx), exact)
+    with pytest.raises(ValueError, match="reference must be >= 1"):
+        get_scorer("knn-aum:reference=0")(ctx)
 
 
 def test_out_of_sample_views_reproduce_the_contexts_probabilities():
