@@ -86,6 +86,45 @@ def test_flat_folder_with_labels_csv_and_a_corrupt_file(tmp_path):
         load_image_folder(tmp_path)
 
 
+def test_an_image_folder_decodes_into_a_spilled_file_with_the_same_pixels(tmp_path, fresh_home):
+    """With a spill folder (what ingest gives) the pixels go to a .npy file, a row at a time,
+    and come back memory-mapped: the same array as decoded in memory, truncation still refused."""
+    from winnow.tasks import arrays
+
+    root = tmp_path / "pets"
+    for c, name in enumerate(["cat", "dog"]):
+        (root / name).mkdir(parents=True)
+        for i in range(4):
+            _img(10 * i + c, (12, 10) if i < 3 else (7, 9)).save(root / name / f"{i}.png")
+    in_memory = load_image_folder(root)
+    with arrays.spill_folder() as spill:  # as ingest does
+        spilled = load_image_folder(root, spill_dir=spill)
+        assert isinstance(spilled.values, np.memmap) and str(spilled.values.filename) == str(spill / "pixels.npy")
+        np.testing.assert_array_equal(np.asarray(spilled.values), in_memory.values)
+        assert spilled.meta["resized"] == in_memory.meta["resized"] == 2
+        assert arrays.adopt(spilled.values, "k" * 64) is not None  # ingest's rename takes it
+        (root / "dog" / "3.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)  # a broken header
+        with pytest.raises(ValueError, match=r"dog/3\.png: not a readable image"):
+            load_image_folder(root, spill_dir=spill)
+
+
+def test_decode_all_reads_a_callable_source_twice_and_refuses_a_changed_count():
+    from winnow.tasks.data.images import decode_all
+
+    blobs = [_encode(_img(i, (6, 4)), "PNG") for i in range(5)]
+    calls = []
+
+    def source():
+        calls.append(1)
+        return iter(blobs)
+
+    pixels, info = decode_all(source, lambda i: f"row {i}", n=5)
+    assert len(calls) == 2 and pixels.shape == (5, 3, 6, 4) and info["resized"] == 0
+    np.testing.assert_array_equal(pixels, decode_all(blobs, [f"row {i}" for i in range(5)])[0])
+    with pytest.raises(ValueError, match="expected 6 images, read 5"):
+        decode_all(source, lambda i: f"row {i}", n=6)
+
+
 # ---------------------------------------------------------------- Parquet forms
 
 
@@ -103,6 +142,16 @@ def test_parquet_encoded_jpeg_png_webp_bytes(tmp_path):
                                         "image": pa.array(blobs, pa.binary())})
     ds = load_parquet(p)
     assert ds.values.shape == (12, 3, 9, 7) and ds.values.dtype == np.uint8 and ds.meta["form"] == "encoded images"
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    spilled = load_parquet(p, spill_dir=spill)  # decoded a batch at a time into a mapped file
+    assert isinstance(spilled.values, np.memmap)
+    np.testing.assert_array_equal(np.asarray(spilled.values), ds.values)
+    blobs[7] = None
+    bad = _write(tmp_path / "n.parquet", {"id": [f"s{i}" for i in range(12)], "label": [i % 3 for i in range(12)],
+                                          "image": pa.array(blobs, pa.binary())})
+    with pytest.raises(ValueError, match=r"column 'image' row 7 \(id s7\) is null"):
+        load_parquet(bad)
 
 
 def test_parquet_flat_arrays_need_a_shape(tmp_path):

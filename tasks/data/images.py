@@ -25,18 +25,25 @@ LABEL_FILE = "labels.csv"
 SPLIT_FOLDERS = ("train", "test")
 
 
-def open_image(source: bytes | Path, where: str):
-    """A decoded PIL image, or a one-line ``ValueError`` naming ``where`` (file or row)."""
+def _opened(source: bytes | Path, where: str, decode: bool):
+    """A PIL image (pixels decoded, or only the header read), or a one-line ``ValueError``
+    naming ``where`` (file or row)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         img = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
-        img.load()
+        if decode:
+            img.load()
     except FileNotFoundError:
         raise ValueError(f"{where}: image file not found") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ValueError(f"{where}: not a readable image ({exc.__class__.__name__}: {str(exc)[:80]})") from None
     return img
+
+
+def open_image(source: bytes | Path, where: str):
+    """A decoded PIL image, or a one-line ``ValueError`` naming ``where`` (file or row)."""
+    return _opened(source, where, decode=True)
 
 
 def _is_grey(img) -> bool:
@@ -54,16 +61,40 @@ def _to_mode(img, grey: bool):
     return img.convert("RGB")
 
 
-def stack_images(images: list, where: list[str], size: tuple[int, int] | None = None) -> tuple[np.ndarray, dict]:
-    """Bring decoded images to one shape and stack them.
+def _as_row(img, grey: bool, target: tuple[int, int]) -> tuple[np.ndarray, bool]:
+    """One image as a (C, H, W) uint8 array of the target size; and whether it was resized."""
+    from PIL import Image
+
+    img = _to_mode(img, grey)
+    resized = (img.height, img.width) != target
+    if resized:
+        img = img.resize((target[1], target[0]), Image.BILINEAR)
+    arr = np.asarray(img, dtype=np.uint8)
+    return (arr[None] if grey else np.moveaxis(arr, -1, 0)), resized
+
+
+def decode_all(sources, where, size: tuple[int, int] | None = None, n: int | None = None,
+               spill: Path | None = None) -> tuple[np.ndarray, dict]:
+    """Decode encoded images and stack them, one image at a time (the rules: module docstring).
+
+    Two passes: the headers first (each image's size and mode, to choose the common shape), then
+    the pixels, each image decoded, converted and written to its row before the next is read. So
+    memory holds the result (or, with ``spill``, nothing of it) and one image, never all the
+    decoded images at once.
 
     Parameters
     ----------
-    images : list of PIL images, length n
-    where : list of str, length n
-        What names each image in an error (file path or ``file: row i``).
+    sources : sequence of bytes or paths, or a callable returning a fresh iterator over them
+        (called twice; for a column read in batches, say)
+    where : sequence of str, or callable ``i -> str``
+        What names image ``i`` in an error (file path or ``file: row i``).
     size : (H, W), optional
-        Target size; default the most common size.
+        Target size; default the most common size (ties: the larger area).
+    n : int, optional
+        The number of images (default ``len(sources)``; needed when ``sources`` is a callable).
+    spill : Path, optional
+        Write the pixels to this ``.npy`` file (a row at a time) and return it memory-mapped,
+        read-only; its folder must exist.
 
     Returns
     -------
@@ -71,30 +102,50 @@ def stack_images(images: list, where: list[str], size: tuple[int, int] | None = 
     info : dict
         ``size``, ``channels``, ``resized`` (count), for the run's provenance.
     """
-    if not images:
-        raise ValueError("no images to stack")
     if size is not None and (len(size) != 2 or min(size) < 1):
         raise ValueError(f"--image-size must be two positive integers H,W, got {size}")
-    sizes = Counter((im.height, im.width) for im in images)
+    read = sources if callable(sources) else (lambda: iter(sources))
+    name = where if callable(where) else where.__getitem__
+    n = len(sources) if n is None else n
+    if n < 1:
+        raise ValueError("no images to stack")
+    sizes: Counter = Counter()
+    grey, seen = True, 0
+    for i, source in enumerate(read()):
+        with _opened(source, name(i), decode=False) as img:  # the header only
+            sizes[(img.height, img.width)] += 1
+            grey = grey and _is_grey(img)
+        seen += 1
+    if seen != n:
+        raise ValueError(f"{name(0)} ...: expected {n} images, read {seen}")
     target = tuple(size) if size else max(sizes, key=lambda s: (sizes[s], s[0] * s[1]))
-    grey = all(_is_grey(im) for im in images)
-    out = np.empty((len(images), 1 if grey else 3, *target), dtype=np.uint8)
-    resized = 0
-    from PIL import Image
-
-    for i, im in enumerate(images):
-        im = _to_mode(im, grey)
-        if (im.height, im.width) != target:
-            im = im.resize((target[1], target[0]), Image.BILINEAR)
-            resized += 1
-        arr = np.asarray(im, dtype=np.uint8)
-        out[i] = arr[None] if grey else np.moveaxis(arr, -1, 0)
-    return out, {"size": list(target), "channels": out.shape[1], "resized": resized}
-
-
-def decode_all(blobs: list, where: list[str], size: tuple[int, int] | None = None) -> tuple[np.ndarray, dict]:
-    """Decode encoded images (bytes or paths) and stack them (see :func:`stack_images`)."""
-    return stack_images([open_image(b, w) for b, w in zip(blobs, where)], where, size)
+    shape = (n, 1 if grey else 3, *target)
+    out, fh, resized, written = None, None, 0, 0
+    try:
+        if spill is None:
+            out = np.empty(shape, dtype=np.uint8)
+        else:  # written row by row through a file, not a writable map: its pages would stay resident
+            fh = open(spill, "wb")
+            np.lib.format.write_array_header_1_0(fh, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)),
+                                                      "fortran_order": False, "shape": shape})
+        for i, source in enumerate(read()):
+            if i >= n:
+                raise ValueError(f"{name(0)} ...: the images changed between the two reads (more than {n})")
+            with open_image(source, name(i)) as img:
+                row, was_resized = _as_row(img, grey, target)
+            resized += was_resized
+            if fh is not None:
+                fh.write(np.ascontiguousarray(row).data)
+            else:
+                out[i] = row
+            written += 1
+    finally:
+        if fh is not None:
+            fh.close()
+    if written != n:
+        raise ValueError(f"{name(0)} ...: the images changed between the two reads ({n}, then {written})")
+    info = {"size": list(target), "channels": shape[1], "resized": resized}
+    return (np.load(spill, mmap_mode="r") if spill is not None else out), info
 
 
 def is_image_file(path: Path) -> bool:
@@ -161,7 +212,8 @@ def scan_folder(root: Path) -> dict:
 
 
 def load_image_folder(root: str | Path, name: str | None = None, classes=None,
-                      image_size: tuple[int, int] | None = None, test_fraction: float = 0.2):
+                      image_size: tuple[int, int] | None = None, test_fraction: float = 0.2,
+                      spill_dir: Path | None = None):
     """An image folder (class folders or ``labels.csv``) as a :class:`~.dataset.Dataset`.
 
     Parameters
@@ -173,6 +225,9 @@ def load_image_folder(root: str | Path, name: str | None = None, classes=None,
         The declared class set; class folder names or the CSV's labels are mapped onto it.
     image_size : (H, W), optional
         Target size (default: the most common size).
+    spill_dir : Path, optional
+        An existing folder (the caller removes it): the pixels are decoded into a ``.npy`` file
+        there and mapped, not held in memory.
     """
     from .classes import ClassSpec, map_labels
     from .dataset import Dataset, deterministic_split
@@ -184,7 +239,8 @@ def load_image_folder(root: str | Path, name: str | None = None, classes=None,
     if not spec.declared and found["layout"] == "class folders":
         mapping.source = f"class folders ({len(mapping.class_names)})"
     where = [str(root / f) for f in found["files"]]
-    pixels, info = decode_all([root / f for f in found["files"]], where, image_size)
+    pixels, info = decode_all([root / f for f in found["files"]], where, image_size,
+                              spill=Path(spill_dir) / "pixels.npy" if spill_dir is not None else None)
     ids = np.array(found["ids"], dtype=object)
     if found["split"] is not None and all(s is not None for s in found["split"]):
         split = np.array(found["split"], dtype=object)

@@ -109,8 +109,9 @@ def load_source(dataset: str, path: str | None = None, limit: int | None = None,
                 label_column: str = "label", spill_dir: Path | None = None) -> Dataset:
     """Dispatch on the CLI's ``--dataset`` name.
 
-    ``spill_dir`` (parquet): a folder the large columns are written to and mapped from instead of
-    being read into memory (:func:`~.tables.load_parquet`).
+    ``spill_dir`` (parquet, images): a folder the large columns or the decoded pixels are written
+    to and mapped from instead of being held in memory (:func:`~.tables.load_parquet`,
+    :func:`~.images.load_image_folder`).
 
     ``classes`` (the declared class set), ``shape`` (``--shape C,H,W`` for flat arrays),
     ``image_size`` (``--image-size H,W``) and ``label_column`` apply to the user's data
@@ -131,7 +132,7 @@ def load_source(dataset: str, path: str | None = None, limit: int | None = None,
     if dataset == "images":
         if not path:
             raise ValueError("--dataset images needs --path DIR (class folders, or a folder with labels.csv)")
-        return _limit(load_image_folder(path, classes=classes, image_size=image_size), limit)
+        return _limit(load_image_folder(path, classes=classes, image_size=image_size, spill_dir=spill_dir), limit)
     if dataset == "parquet":
         if not path:
             raise ValueError("--dataset parquet needs --path FILE.parquet")

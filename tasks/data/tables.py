@@ -110,6 +110,31 @@ def _is_list(t) -> bool:
     return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
 
 
+def _is_binary(t) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_binary(t) or pa.types.is_large_binary(t)
+
+
+def _encoded_images(path: Path, name: str, ids: np.ndarray, batch_rows: int = 1024):
+    """A callable returning a fresh iterator over the column's image bytes, read one record batch
+    at a time (for :func:`~.images.decode_all`, which reads them twice); a null is refused with its
+    row and id."""
+    import pyarrow.parquet as pq
+
+    def images():
+        row = 0
+        for batch in pq.ParquetFile(path, pre_buffer=False).iter_batches(columns=[name], batch_size=batch_rows):
+            column = batch.column(0)
+            if column.null_count:
+                at = row + int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
+                raise ValueError(f"{path}: column '{name}' row {at} (id {ids[at]}) is null")
+            yield from column.to_pylist()
+            row += len(column)
+
+    return images
+
+
 def _leaf_type(t):
     """The element type of a (nested) list type."""
     while _is_list(t):
@@ -197,10 +222,12 @@ def load_parquet(path: str | Path, test_fraction: float = 0.2, name: str | None 
         raise ValueError(f"{path}: is a folder; --dataset parquet needs a .parquet file (images: --dataset images)")
     try:
         schema = pq.read_schema(path)
-        # the big list columns are streamed into one array below, not read whole here
+        # the big list columns are streamed into one array below, and encoded images decoded a
+        # batch at a time: neither is read whole here
         listed = [c for c in (PROBS_COLUMN, FEATURES_COLUMN, *IMAGE_COLUMNS) if c in schema.names
                   and _is_list(schema.field(c).type)]
-        table = pq.read_table(path, columns=[c for c in schema.names if c not in listed])
+        encoded = [c for c in IMAGE_COLUMNS if c in schema.names and _is_binary(schema.field(c).type)]
+        table = pq.read_table(path, columns=[c for c in schema.names if c not in listed + encoded])
     except Exception as exc:
         raise ValueError(f"{path}: not a readable Parquet file ({exc.__class__.__name__})") from None
     cols = schema.names
@@ -248,19 +275,15 @@ def load_parquet(path: str | Path, test_fraction: float = 0.2, name: str | None 
             value_range = (None, None)
         form = "features"
     elif (img_col := next((c for c in IMAGE_COLUMNS if c in cols), None)) is not None:
-        column = table.column(img_col) if img_col not in listed else None
-        if column is not None and (pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type)):
-            if column.null_count:
-                row = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
-                raise ValueError(f"{path}: column '{img_col}' row {row} (id {ids[row]}) is null")
-            blobs = column.to_pylist()
-            values, info = decode_all(blobs, [f"{path}: column '{img_col}' row {i} (id {ids[i]})" for i in range(n)],
-                                      image_size)
+        if img_col in encoded:
+            values, info = decode_all(_encoded_images(path, img_col, ids),
+                                      lambda i: f"{path}: column '{img_col}' row {i} (id {ids[i]})", image_size, n=n,
+                                      spill=Path(spill_dir) / f"{img_col}.npy" if spill_dir is not None else None)
             form = "encoded images"
         else:
-            if column is not None:
-                raise ValueError(f"{path}: column '{img_col}' holds {column.type}; expected encoded image bytes or "
-                                 f"a (nested) list of numbers")
+            if img_col not in listed:
+                raise ValueError(f"{path}: column '{img_col}' holds {schema.field(img_col).type}; expected encoded "
+                                 f"image bytes or a (nested) list of numbers")
             leaf = _leaf_type(schema.field(img_col).type)
             if pa.types.is_uint8(leaf) or pa.types.is_floating(leaf):  # cast row by row: may be spilled
                 values, inner = _stream_list(path, img_col, n, dtype=None if pa.types.is_uint8(leaf) else np.float32,
