@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -119,8 +120,11 @@ class Dataset:
                             pred_probs=None if self.pred_probs is None else self.pred_probs[mask],
                             raw_label=None if self.raw_label is None else self.raw_label[mask])
 
-    def content_hash(self) -> str:
-        """A hash of everything that defines the batch: same content, same hash."""
+    def content_hash(self, value_blocks: Iterable[np.ndarray] | None = None) -> str:
+        """A hash of everything that defines the batch: same content, same hash.
+
+        ``value_blocks``: the values, a block of rows at a time, where :attr:`values` does not hold
+        them (a stored part read without its values column: ``winnow doctor``); same digest."""
         h = hashlib.sha256()
         h.update(self.name.encode())
         h.update("\x00".join(map(str, self.sample_id)).encode())
@@ -128,7 +132,7 @@ class Dataset:
         h.update("\x00".join(map(str, self.split)).encode())
         h.update(str(self.values.dtype).encode())
         # a block at a time: a memory-mapped set is not pulled into memory whole (same digest)
-        for block in row_blocks(self.values):
+        for block in (row_blocks(self.values) if value_blocks is None else value_blocks):
             h.update(np.ascontiguousarray(block).reshape(-1).view(np.uint8).data)  # no copy when contiguous
         if self.pred_probs is not None:
             h.update(np.ascontiguousarray(self.pred_probs, dtype=np.float64).tobytes())
