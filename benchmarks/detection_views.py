@@ -55,7 +55,7 @@ from winnow.tasks.scorers.gradients import head_features
 from winnow.tasks.scorers.neighbors import knn_votes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from real_noise import load_setting, recipe  # noqa: E402  (same data and recipe as the real-noise benchmark)
+from real_noise import _ms, load_setting, recipe, write_json, write_npz  # noqa: E402  (same data and recipe as the real-noise benchmark)
 
 PROBE_RATE = 0.10  # share of samples given an extra, injected flip in the probe run
 CPU = torch.device("cpu")
@@ -174,11 +174,9 @@ def cmd_probe2(args) -> int:
             info = json.loads(js.read_text())
             limit = _limit(args, setting)
             secs, pieces = run_probe2(setting, seed, limit, np.load(out / f"{name}.npz"))
-            np.savez_compressed(out / f"{name}.probe2.tmp.npz", **pieces)
-            (out / f"{name}.probe2.tmp.npz").rename(side)
+            write_npz(side, **pieces)
             info["seconds"].update(secs)
-            (out / f"{name}.json.tmp").write_text(json.dumps(info, indent=1))
-            (out / f"{name}.json.tmp").rename(js)
+            write_json(js, info)
             print(f"# {name}: probe2 {secs['probe2']:.0f}s load {[round(v, 2) for v in __import__('os').getloadavg()]}",
                   file=sys.stderr, flush=True)
     return 0
@@ -259,10 +257,8 @@ def cmd_run(args) -> int:
             info, arrays = run_cell(setting, seed, _limit(args, setting), args.kfold)
             info["cell_seconds"] = time.perf_counter() - t0
             info["load_average"] = [round(v, 2) for v in __import__("os").getloadavg()]
-            np.savez_compressed(out / f"{name}.tmp.npz", **arrays)
-            (out / f"{name}.tmp.npz").rename(out / f"{name}.npz")
-            (out / f"{name}.json.tmp").write_text(json.dumps(info, indent=1))
-            (out / f"{name}.json.tmp").rename(out / f"{name}.json")
+            write_npz(out / f"{name}.npz", **arrays)
+            write_json(out / f"{name}.json", info)
             print(f"# {name}: noisy acc {info['test_acc_noisy']:.3f}, {info['wrong']} wrong of {info['n']}, "
                   f"{info['cell_seconds']:.0f}s {info['seconds']} load {info['load_average']}",
                   file=sys.stderr, flush=True)
@@ -433,11 +429,6 @@ def candidates(arrays, probe2=None) -> tuple[dict[str, np.ndarray], dict[str, st
 # ---------------------------------------------------------------- analysis
 
 
-def _ms(values) -> str:
-    v = np.asarray(values, dtype=np.float64)
-    return f"{v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.3f}"
-
-
 def load_cells(out: Path):
     for js in sorted(out.glob("*.json")):
         side = js.with_name(js.stem + ".probe2.npz")
@@ -460,8 +451,7 @@ def cached_candidates(out: Path, info: dict, arrays, probe2) -> tuple[dict, dict
             cost = json.loads(str(z["__cost__"]))
             return {k: z[k] for k in z.files if k != "__cost__"}, cost
     scores, cost = candidates(arrays, probe2)
-    np.savez(out / f"{name}.scores.tmp.npz", __cost__=json.dumps(cost), **scores)
-    (out / f"{name}.scores.tmp.npz").rename(cache)
+    write_npz(cache, compressed=False, __cost__=json.dumps(cost), **scores)
     return scores, cost
 
 

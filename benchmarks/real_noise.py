@@ -222,6 +222,20 @@ def run_remedies(x, factory, cfg, y_given, y_true, probs, scores, tx, ty, seed, 
     return out
 
 
+def write_json(path: Path, obj) -> None:
+    """``obj`` as indented JSON at ``path``, through a temp file and a rename (no half-written cell)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.rename(path)
+
+
+def write_npz(path: Path, compressed: bool = True, **arrays) -> None:
+    """``arrays`` as ``path`` (ending ``.npz``), through a temp file and a rename."""
+    tmp = path.with_name(path.name.removesuffix(".npz") + ".tmp.npz")
+    (np.savez_compressed if compressed else np.savez)(tmp, **arrays)
+    tmp.rename(path)
+
+
 def cmd_run(args) -> int:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -240,10 +254,8 @@ def cmd_run(args) -> int:
             info, arrays = run_cell(setting, seed, args.limit if not setting.startswith("fmnist") else args.fmnist_limit,
                                     args.remedies, args.kfold)
             info["cell_seconds"] = time.perf_counter() - t0
-            np.savez_compressed(out / f"{name}.tmp.npz", **arrays)
-            (out / f"{name}.tmp.npz").rename(out / f"{name}.npz")
-            (out / f"{name}.json.tmp").write_text(json.dumps(info, indent=1))
-            (out / f"{name}.json.tmp").rename(out / f"{name}.json")
+            write_npz(out / f"{name}.npz", **arrays)
+            write_json(out / f"{name}.json", info)
             print(f"# {name}: noisy acc {info['test_acc_noisy']:.3f}, {info['wrong']} wrong of {info['n']}, "
                   f"{info['cell_seconds']:.0f}s", file=sys.stderr, flush=True)
     return 0
@@ -274,8 +286,7 @@ def cmd_remedies(args) -> int:
             info["remedies"] = run_remedies(x, factory, cfg, y_given, y_true, arrays["oos_probs"],
                                             derived_scores(arrays)[args.detector], tx, ty, seed, info["test_acc_noisy"])
             info["remedies"]["detector"] = args.detector
-            (out / f"{name}.json.tmp").write_text(json.dumps(info, indent=1))
-            (out / f"{name}.json.tmp").rename(js)
+            write_json(js, info)
             print(f"# {name}: remedies {info['remedies']['seconds']:.0f}s", file=sys.stderr, flush=True)
     return 0
 
@@ -283,9 +294,10 @@ def cmd_remedies(args) -> int:
 # ---------------------------------------------------------------- analysis
 
 
-def _ms(values) -> str:
+def _ms(values, fmt: str = ".3f") -> str:
+    """``mean ± std`` (sample std; 0 for one value), as every table of these benchmarks prints it."""
     v = np.asarray(values, dtype=np.float64)
-    return f"{v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.3f}"
+    return f"{v.mean():{fmt}} ± {v.std(ddof=1) if len(v) > 1 else 0.0:{fmt}}"
 
 
 def derived_scores(arrays) -> dict[str, np.ndarray]:

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from real_noise import derived_scores, load_setting, recipe  # noqa: E402
+from real_noise import _ms, derived_scores, load_setting, recipe, write_json, write_npz  # noqa: E402
 
 from winnow.tasks import noise_rate, remedies  # noqa: E402
 from winnow.tasks.models.nets import build_model  # noqa: E402
@@ -126,9 +126,8 @@ def cmd_remedies(args) -> int:
                 outcome = remedies.train_with_remedy(name, y_given, flags, probs, seed, train_fn, predict_fn,
                                                      folds=_oos_folds(y_given, seed), train_final=False)
                 sel = js.with_name(js.name.replace(".json", ".select.npz"))
-                np.savez_compressed(sel.with_suffix(".tmp.npz"), fold_of=outcome.fold_of,
-                                    **{f"correct/{c}": v for c, v in outcome.holdout_correct.items()})
-                sel.with_suffix(".tmp.npz").rename(sel)
+                write_npz(sel, fold_of=outcome.fold_of,
+                          **{f"correct/{c}": v for c, v in outcome.holdout_correct.items()})
                 done[name] = {"applied": outcome.applied, "holdout": outcome.holdout_accuracy,
                               "seconds": time.perf_counter() - t0}
             else:
@@ -137,9 +136,7 @@ def cmd_remedies(args) -> int:
                 done[name] = {"acc": accuracy(outcome.model, tx, ty), "applied": outcome.applied,
                               "seconds": time.perf_counter() - t0, "changed": outcome.plan.changed,
                               "dropped": outcome.plan.dropped}
-            tmp = res_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(res, indent=1))
-            tmp.rename(res_path)
+            write_json(res_path, res)
             print(f"# {js.stem} {name}: {done[name].get('acc', float('nan')):.3f} ({outcome.applied}) noisy {res['noisy']:.3f} "
                   f"oracle {res['oracle']:.3f}, {done[name]['seconds']:.0f}s", file=sys.stderr, flush=True)
     return 0
@@ -172,16 +169,9 @@ def cmd_inject(args) -> int:
                                 replace(cfg, seed=cfg.seed + 1000 * (fold + 1)), device=torch.device("cpu"),
                                 keep_checkpoints=False).model
             probs[held] = torch.softmax(predict_logits(model, x[torch.as_tensor(held)]), 1).double().numpy()
-        np.savez_compressed(target.with_suffix(".tmp.npz"), probs=probs, labels=injected, rate=INJECTED_RATE,
-                            seconds=time.perf_counter() - t0)
-        target.with_suffix(".tmp.npz").rename(target)
+        write_npz(target, probs=probs, labels=injected, rate=INJECTED_RATE, seconds=time.perf_counter() - t0)
         print(f"# {js.stem}: injected pass {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
     return 0
-
-
-def _ms(v, fmt=".3f") -> str:
-    v = np.asarray(v, dtype=np.float64)
-    return f"{v.mean():{fmt}} ± {v.std(ddof=1) if len(v) > 1 else 0.0:{fmt}}"
 
 
 def temperature_scaled(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
