@@ -603,18 +603,14 @@ def iter_head_features(model: nn.Module, x: torch.Tensor, batch_size: int = 128
 
 
 def head_features(model: nn.Module, x, batch_size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features entering ``model.head`` and the logits, for all of ``x`` (a tensor, or
-    :class:`~winnow.tasks.models.rows.Rows` streamed a batch at a time).
+    """Features entering ``model.head`` and the logits, for all of ``x``.
 
     Returns
     -------
     features : torch.Tensor, shape (n, d), on the CPU, model dtype
     logits : torch.Tensor, shape (n, C), on the CPU
     """
-    from ..models.rows import Rows
-
-    if not isinstance(x, Rows):  # Rows stream float32 batches
-        x, _ = as_inputs(model, x)
+    x, _ = as_inputs(model, x)
     batch_size = check_batch_size(batch_size)
     feats, logits = [], []
     for _, f, z in iter_head_features(model, x, batch_size):
