@@ -44,6 +44,32 @@ def test_knn_votes_match_brute_force(exclude_self):
     np.testing.assert_allclose(got, _brute_force_votes(q, r, labels, 3, 7, exclude_self), atol=1e-5)
 
 
+@pytest.mark.parametrize("width,k", [(2560, 10), (8191, 10), (5000, 1), (9000, 37)])
+def test_top_k_over_chunks_equals_topk(width, k):
+    import torch
+
+    from winnow.tasks.scorers.neighbors import CHUNK, top_k
+
+    assert width >= 4 * k * CHUNK or k == 37  # the chunked path, and (k = 37) the fallback
+    sim = torch.randn(50, width, generator=torch.Generator().manual_seed(width))
+    sim[:, ::97] = -float("inf")  # a sample's own row, excluded
+    sim[3, :] = sim[3, :].sort().values  # its best entries all in the last, ragged chunk
+    want = sim.topk(k, dim=1)
+    values, columns = top_k(sim, k)
+    assert torch.equal(values, want.values) and torch.equal(columns, want.indices)
+    with pytest.raises(ValueError, match="k must lie"):
+        top_k(sim, width + 1)
+
+
+def test_knn_votes_match_brute_force_on_a_wide_reference():
+    rng = np.random.default_rng(5)
+    r = rng.normal(size=(3000, 6))  # wide enough for the chunked top k (k = 10: from 2,560 rows)
+    labels = rng.integers(0, 4, size=3000)
+    q = rng.normal(size=(40, 6))
+    np.testing.assert_allclose(knn_votes(q, r, labels, 4, k=10), _brute_force_votes(q, r, labels, 4, 10, False),
+                               atol=1e-5)
+
+
 def test_knn_votes_find_planted_flips_in_clusters():
     rng = np.random.default_rng(1)
     centres = rng.normal(scale=10, size=(4, 8))

@@ -50,6 +50,11 @@ OOS_VOTES_CACHE = f"oos_knn_{DEFAULT_K}"
 EXACT_UP_TO = 32_768
 #: past that, the fewest reference rows a vote searches
 MIN_REFERENCE_ROWS = 8_192
+#: entries of one block of query × reference similarities (8 MB of float32): a block that stays in
+#: cache is searched about twice as fast, per query, as one of 1,024 queries × 8,192 rows (32 MB)
+SIMILARITY_BLOCK = 1 << 21
+#: columns per chunk in :func:`top_k`
+CHUNK = 64
 
 
 def reference_size(n: int) -> int:
@@ -108,8 +113,42 @@ def reference_rows(labels: np.ndarray, num_classes: int, cap: int = EXACT_UP_TO,
     return np.sort(np.concatenate(picked)).astype(np.int64)
 
 
+def top_k(sim: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` largest entries of each row and their columns, as ``sim.topk(k, dim=1)``.
+
+    Exact, and faster on wide rows: the columns are cut into chunks of :data:`CHUNK`; the k best
+    entries of a row lie in the k chunks with the largest maxima (any entry outside them is beaten
+    by those k maxima), so only ``k · CHUNK`` candidates are ranked. On one core, 1,024 rows of
+    8,192 columns take 9 ms where ``topk`` takes 23 (``benchmarks/knn_search.py``). Ties may
+    resolve to other columns than ``topk``'s (both are arbitrary there).
+
+    Parameters
+    ----------
+    sim : shape (m, r), float
+    k : int, 1 <= k <= r
+
+    Returns
+    -------
+    values : shape (m, k), descending
+    columns : shape (m, k), int64
+    """
+    m, r = sim.shape
+    if not 1 <= k <= r:
+        raise ValueError(f"k must lie in [1, {r}], got {k}")
+    if r < 4 * k * CHUNK:
+        return sim.topk(k, dim=1)
+    chunks = -(-r // CHUNK)
+    if chunks * CHUNK != r:
+        sim = torch.nn.functional.pad(sim, (0, chunks * CHUNK - r), value=-np.inf)
+    blocks = sim.view(m, chunks, CHUNK)
+    best = blocks.amax(2).topk(k, dim=1).indices  # (m, k) chunks
+    candidates = torch.gather(blocks, 1, best.unsqueeze(2).expand(m, k, CHUNK)).reshape(m, k * CHUNK)
+    values, at = candidates.topk(k, dim=1)
+    return values, best.gather(1, at // CHUNK) * CHUNK + at % CHUNK
+
+
 def knn_votes(query: np.ndarray | torch.Tensor, reference: np.ndarray | torch.Tensor, reference_labels: np.ndarray,
-              num_classes: int, k: int = 10, exclude_self: bool = False, block: int = 1024,
+              num_classes: int, k: int = 10, exclude_self: bool = False, block: int | None = None,
               self_rows: np.ndarray | None = None) -> np.ndarray:
     """Similarity-weighted label votes of each query's ``k`` nearest reference samples (cosine).
 
@@ -126,6 +165,9 @@ def knn_votes(query: np.ndarray | torch.Tensor, reference: np.ndarray | torch.Te
     self_rows : shape (m,), int, optional
         Each query's own row in ``reference``, or -1 where it is not there (``reference`` a
         sample of the queries): that row never votes for it. ``exclude_self`` is ``arange(m)``.
+    block : int, optional
+        Queries searched at a time (default: as many as keep one block's similarities within
+        :data:`SIMILARITY_BLOCK` entries, which stay in cache).
 
     Returns
     -------
@@ -153,6 +195,8 @@ def knn_votes(query: np.ndarray | torch.Tensor, reference: np.ndarray | torch.Te
             raise ValueError(f"self_rows must lie in [-1, {len(r)})")
     if not 1 <= k < len(r):
         raise ValueError(f"k must lie in [1, {len(r) - 1}], got {k}")
+    if block is not None and block < 1:
+        raise ValueError(f"block must be >= 1, got {block}")
     if not (torch.isfinite(q).all() and torch.isfinite(r).all()):
         raise ValueError("features must be finite")
     # centre both on the reference mean, then unit length: cosine similarity as a dot product
@@ -160,6 +204,7 @@ def knn_votes(query: np.ndarray | torch.Tensor, reference: np.ndarray | torch.Te
     rn = torch.nn.functional.normalize(r - centre, dim=1)
     lab = torch.as_tensor(labels)
     votes = torch.ones(len(q), num_classes, dtype=torch.float64)  # one pseudo-vote per class
+    block = block or max(32, SIMILARITY_BLOCK // len(r))
     for start in range(0, len(q), block):
         # queries normalised a block at a time: no second (m, d) copy (10⁶ × 128: 512 MB each)
         sim = torch.nn.functional.normalize(q[start:start + block] - centre, dim=1) @ rn.T
@@ -167,7 +212,7 @@ def knn_votes(query: np.ndarray | torch.Tensor, reference: np.ndarray | torch.Te
             own = torch.as_tensor(self_rows[start:start + block])
             hit = torch.nonzero(own >= 0).flatten()
             sim[hit, own[hit]] = -np.inf
-        top, idx = sim.topk(k, dim=1)
+        top, idx = top_k(sim, k)
         weight = (1.0 + top.double()) / 2.0  # cosine in [-1, 1] -> [0, 1]
         votes[start:start + block].scatter_add_(1, lab[idx], weight)
     return (votes / votes.sum(1, keepdim=True)).numpy()
