@@ -182,6 +182,42 @@ def cmd_probe2(args) -> int:
     return 0
 
 
+def run_labelfree(setting: str, seed: int, limit: int, arrays) -> tuple[dict, dict]:
+    """The label-free views of a stored cell (``tasks/scorers/label_free.py``, the code `knn-aum-lf`
+    runs): the cell's inputs are reloaded (labels checked against the cell), encoded without labels,
+    probed and searched. Returns (seconds, pieces): ``lf_probe`` (the ridge probe's doubt) and
+    ``lf_knn20`` (the k = 20 vote's disagreement in the label-free space)."""
+    from winnow.tasks.scorers.label_free import label_free_views
+
+    _, x, y_given, _, _, _, _ = load_setting(setting, seed, limit)
+    if not np.array_equal(y_given, arrays["y_given"]):
+        raise ValueError(f"{setting} seed {seed}: reloaded labels differ from the stored cell (different --limit?)")
+    t0 = time.perf_counter()
+    views = label_free_views(np.asarray(x), y_given, 10, seed=seed)
+    return {"labelfree": time.perf_counter() - t0}, {"lf_probe": views["probe"], "lf_knn20": views["knn"]}
+
+
+def cmd_labelfree(args) -> int:
+    """Add the label-free views to stored cells (``<cell>.labelfree.npz``)."""
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    for setting in args.settings:
+        for seed in args.seeds:
+            name = f"{setting.replace(':', '__')}__s{seed}"
+            js, side = out / f"{name}.json", out / f"{name}.labelfree.npz"
+            if not js.exists() or (side.exists() and not args.refresh):
+                continue
+            info = json.loads(js.read_text())
+            secs, pieces = run_labelfree(setting, seed, _limit(args, setting), np.load(out / f"{name}.npz"))
+            write_npz(side, **pieces)
+            info["seconds"].update(secs)
+            info["load_average_labelfree"] = list(__import__("os").getloadavg())
+            write_json(js, info)
+            print(f"# {name}: label-free views {secs['labelfree']:.1f}s, training was {info['seconds']['train']:.1f}s",
+                  file=sys.stderr, flush=True)
+    return 0
+
+
 def _limit(args, setting: str) -> int:
     return args.fmnist_limit.get(setting.split(":")[1], 6000) if setting.startswith("fmnist") else args.limit
 
@@ -387,7 +423,7 @@ def learned_combiner(arrays, main: dict, views=COMBINER_VIEWS, probe_source=None
     return lr.decision_function(xm)
 
 
-def candidates(arrays, probe2=None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+def candidates(arrays, probe2=None, labelfree=None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Every ranking of a cell and its cost class: 'run' (one training + forward passes), 'probe'
     (one more training), 'kfold' (K-fold models, ~2× a training), 'peer'."""
     y = arrays["y_given"]
@@ -420,6 +456,14 @@ def candidates(arrays, probe2=None) -> tuple[dict[str, np.ndarray], dict[str, st
     add("knn-aum+knn-oos", ["aum", "knn-pen10", "knn-oos"], "kfold")
     out["learned"], cost["learned"] = learned_combiner(arrays, main), "probe"
     out["learned+knn-aum"], cost["learned+knn-aum"] = rank_average([out["learned"], out["knn-aum"]]), "probe"
+    if labelfree is not None:  # features without labels + a linear fit: cheaper than one training
+        out["lf-probe"], cost["lf-probe"] = labelfree["lf_probe"], "run"
+        out["lf-knn20"], cost["lf-knn20"] = labelfree["lf_knn20"], "run"
+        add("knn-aum+lf-probe", ["knn-aum", "lf-probe"], "run")
+        add("aum+knn+lf-probe", ["aum", "knn-pen10", "lf-probe"], "run")
+        add("loss+lf-probe", ["loss", "lf-probe"], "run")
+        add("aum+lf-probe", ["aum", "lf-probe"], "run")
+        add("knn-aum+lf-probe+lf-knn", ["aum", "knn-pen10", "lf-probe", "lf-knn20"], "run")
     if probe2 is not None:
         out["learned2"], cost["learned2"] = learned_combiner(arrays, main, probe_source=probe2), "probe"
         out["learned2+knn-aum"], cost["learned2+knn-aum"] = rank_average([out["learned2"], out["knn-aum"]]), "probe"
@@ -430,27 +474,29 @@ def candidates(arrays, probe2=None) -> tuple[dict[str, np.ndarray], dict[str, st
 
 
 def load_cells(out: Path):
+    """Per stored cell: (info, arrays, side files {'probe2': …, 'labelfree': …} where present)."""
     for js in sorted(out.glob("*.json")):
-        side = js.with_name(js.stem + ".probe2.npz")
-        yield json.loads(js.read_text()), np.load(js.with_suffix(".npz")), (np.load(side) if side.exists() else None)
+        sides = {kind: js.with_name(f"{js.stem}.{kind}.npz") for kind in ("probe2", "labelfree")}
+        yield (json.loads(js.read_text()), np.load(js.with_suffix(".npz")),
+               {kind: np.load(f) for kind, f in sides.items() if f.exists()})
 
 
 def family_of(setting: str) -> str:
     return setting.split(":")[0]
 
 
-def cached_candidates(out: Path, info: dict, arrays, probe2) -> tuple[dict, dict]:
+def cached_candidates(out: Path, info: dict, arrays, sides: dict) -> tuple[dict, dict]:
     """:func:`candidates` of a cell, kept in ``<cell>.scores.npz`` (recomputed when this script,
-    the cell or its probe2 file is newer), so a rerun of the analysis takes seconds."""
+    the cell or one of its side files is newer), so a rerun of the analysis takes seconds."""
     name = f"{info['setting'].replace(':', '__')}__s{info['seed']}"
     cache = out / f"{name}.scores.npz"
-    inputs = [out / f"{name}.npz", out / f"{name}.probe2.npz", Path(__file__)]
+    inputs = [out / f"{name}.npz", out / f"{name}.probe2.npz", out / f"{name}.labelfree.npz", Path(__file__)]
     newest = max(p.stat().st_mtime for p in inputs if p.exists())
     if cache.exists() and cache.stat().st_mtime > newest:
         with np.load(cache) as z:
             cost = json.loads(str(z["__cost__"]))
             return {k: z[k] for k in z.files if k != "__cost__"}, cost
-    scores, cost = candidates(arrays, probe2)
+    scores, cost = candidates(arrays, sides.get("probe2"), sides.get("labelfree"))
     write_npz(cache, compressed=False, __cost__=json.dumps(cost), **scores)
     return scores, cost
 
@@ -459,11 +505,11 @@ def cmd_analyse(args) -> int:
     metrics = defaultdict(lambda: defaultdict(list))  # setting -> ranker -> [(auroc, p@k)]
     info_by = defaultdict(list)
     cost = {}
-    for info, arrays, probe2 in load_cells(Path(args.out)):
+    for info, arrays, sides in load_cells(Path(args.out)):
         s = info["setting"]
         info_by[s].append(info)
         flipped = arrays["flipped"]
-        scores, c = cached_candidates(Path(args.out), info, arrays, probe2)
+        scores, c = cached_candidates(Path(args.out), info, arrays, sides)
         cost.update(c)
         for name, sc in scores.items():
             m = detection_metrics(sc, flipped, int(flipped.sum()))
@@ -544,14 +590,21 @@ def main(argv=None) -> int:
     p.add_argument("--limit", type=int, default=4000)
     p.add_argument("--refresh", action="store_true")
     p.add_argument("--threads", type=int, default=1)
+    lf = sub.add_parser("labelfree")
+    lf.add_argument("--out", default="data/detection_views")
+    lf.add_argument("--settings", nargs="+", required=True)
+    lf.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    lf.add_argument("--limit", type=int, default=4000)
+    lf.add_argument("--refresh", action="store_true")
+    lf.add_argument("--threads", type=int, default=1)
     a = sub.add_parser("analyse")
     a.add_argument("--out", default="data/detection_views")
     a.add_argument("--detector", default="knn-aum", help="the ranker of the headline table")
     args = ap.parse_args(argv)
-    if args.cmd in ("run", "probe2"):
+    if args.cmd in ("run", "probe2", "labelfree"):
         # Fashion-MNIST sizes of the real-noise benchmark: 6,000 (instance-dependent), 3,000 otherwise
         args.fmnist_limit = {"instance-dependent": 6000, "symmetric": 3000, "class-pair": 3000}
-    return {"run": cmd_run, "probe2": cmd_probe2, "analyse": cmd_analyse}[args.cmd](args)
+    return {"run": cmd_run, "probe2": cmd_probe2, "labelfree": cmd_labelfree, "analyse": cmd_analyse}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -58,7 +58,8 @@ DEFAULT_SETTINGS = [
 #: registered scorers computed in every cell (the others are built from the cached pieces)
 SCORERS = ["loss", "loss-mean", "aum", "margin", "confident", "knn", "knn:space=penultimate", "knn-consensus"]
 PEERS = ["cleanlab-issues", "cleanlab-quality"]
-#: the detector `winnow run` uses by default (flows/audit.py RECOMMENDED), for the headline table
+#: the headline table's detector: `knn-aum`, the default when these cells were run (the default is now
+#: `knn-aum-lf`, measured on the detection grid by benchmarks/detection_views.py labelfree)
 RECOMMENDED = "knn-aum"
 
 

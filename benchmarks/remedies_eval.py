@@ -87,6 +87,19 @@ def _oos_folds(y: np.ndarray, seed: int, kfold: int = 3) -> list[tuple[np.ndarra
     return list(StratifiedKFold(k, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
 
 
+def detector_scores(arrays, detector: str, x: torch.Tensor, y_given: np.ndarray, seed: int) -> np.ndarray:
+    """A cell's ranking by ``detector``: one built from its stored pieces, or ``knn-aum-lf`` (the
+    stored `knn-aum` rank-averaged with the label-free probe on the reloaded inputs, as the scorer does)."""
+    derived = derived_scores(arrays)
+    if detector != "knn-aum-lf":
+        return derived[detector]
+    from winnow.tasks.scorers.ensemble import rank_average
+    from winnow.tasks.scorers.label_free import label_free_views
+
+    probe = label_free_views(x.numpy(), y_given, 10, seed=seed, vote=False)["probe"]
+    return rank_average([derived["knn-aum"], probe])
+
+
 def cmd_remedies(args) -> int:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -106,7 +119,7 @@ def cmd_remedies(args) -> int:
         probs = arrays["oos_probs"]
         k = noise_rate.estimate(y_given, probs, args.estimator)
         flags = np.zeros(len(y_given), dtype=bool)
-        flags[np.argsort(-derived_scores(arrays)[args.detector], kind="stable")[:k]] = True
+        flags[np.argsort(-detector_scores(arrays, args.detector, x, y_given, seed), kind="stable")[:k]] = True
         done["k"], done["wrong"], done["flag_precision"] = int(k), int(info["wrong"]), float(arrays["flipped"][flags].mean()) if k else float("nan")
         if "oracle" not in res:
             old = info.get("remedies", {}).get("oracle")  # real_noise.py's own oracle: same recipe and seed

@@ -185,7 +185,7 @@ def test_out_of_sample_views_reproduce_the_contexts_probabilities():
 
 
 def test_knn_aum_ranks_planted_flips_above_clean_samples():
-    """The recommended detector on a real training run: AUM and the penultimate-layer vote, rank-averaged."""
+    """knn-aum (inside the recommended detector) on a real training run: AUM and the penultimate-layer vote, rank-averaged."""
     from winnow.tasks.scorers import get_scorer
     from winnow.tasks.scorers.dynamics import area_under_margin
     from winnow.tasks.scorers.ensemble import rank_average

@@ -277,7 +277,7 @@ def get_scorer(name: str, **options) -> Scorer:
 
 
 #: the recommended detector first: it ranks the flags (and, for arrivals, the review queue)
-RECOMMENDED = "knn-aum"
+RECOMMENDED = "knn-aum-lf"
 PROBABILITY_SCORERS = "loss,margin,confident"  # what runs on given pred_probs (no model, no dynamics)
 
 

@@ -410,3 +410,20 @@ class KnnAumLoss(Scorer):
         views = _training_views(ctx, _int_option(self.options, "k", DEFAULT_K),
                                 _reference_option(self.options, ctx.n))
         return rank_average([views["loss"], views["aum"], views["knn-pen"]])
+
+
+@register
+class KnnAumLabelFree(Scorer):
+    name = "knn-aum-lf"
+    summary = ("the recommended detector: rank average of `knn-aum` and a ridge probe's doubt in label-free "
+               "features (patch k-means for images, the standardised inputs otherwise; "
+               "tasks/scorers/label_free.py); k=10, reference= as knn-aum")
+
+    def score(self, ctx: TrainingContext) -> np.ndarray:
+        from .label_free import label_free_views
+
+        views = _training_views(ctx, _int_option(self.options, "k", DEFAULT_K),
+                                _reference_option(self.options, ctx.n))
+        free = label_free_views(ctx.rows, ctx.y.numpy(), ctx.num_classes, seed=ctx.seed, vote=False)
+        # knn-aum's two views weigh as one: the leave-one-data-set-out pick (docs/detection.md)
+        return rank_average([rank_average([views["aum"], views["knn-pen"]]), free["probe"]])
