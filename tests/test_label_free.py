@@ -112,6 +112,17 @@ def test_rows_wider_than_the_probe_takes_are_projected_not_solved_whole():
     np.testing.assert_array_equal(encode(wide[:3]), fit_encoder(wide, seed=1)(wide[:3]))
 
 
+def test_large_images_are_encoded_at_32_pixels_a_side():
+    from winnow.tasks.scorers.label_free import MAX_SIDE, fit_encoder
+
+    big = np.random.default_rng(7).random((30, 3, 96, 64), dtype=np.float32)
+    encode = fit_encoder(big, seed=2)
+    small = torch.nn.functional.adaptive_avg_pool2d(torch.as_tensor(big), (MAX_SIDE, 21)).numpy()
+    np.testing.assert_allclose(encode(big[:4]), fit_encoder(small, seed=2)(small[:4]), rtol=1e-5, atol=1e-4)
+    # a strip that would be under 8 pixels at that scale is flattened instead
+    assert fit_encoder(np.zeros((3, 1, 100, 15), np.float32))(np.zeros((2, 1, 100, 15), np.float32)).shape == (2, 1500)
+
+
 def test_label_free_views_validate_inputs():
     x = np.zeros((5, 2), np.float32)
     with pytest.raises(ValueError, match="rows but labels"):

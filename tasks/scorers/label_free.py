@@ -37,6 +37,13 @@ KMEANS_ITERATIONS = 10
 RIDGE = 0.03
 #: the probe is fitted on at most this many rows (class-stratified), then scores every row
 PROBE_FIT_ROWS = 32_768
+#: images are encoded at most this many pixels a side (area-averaged down first): the encoding
+#: costs per patch position, and the features were designed for 32×32 images
+MAX_SIDE = 32
+#: patches drawn from each image the dictionary is fitted on
+PATCHES_PER_IMAGE = 16
+#: the patch dictionary is fitted on at most this many images
+ENCODER_FIT_ROWS = -(-FIT_PATCHES // PATCHES_PER_IMAGE)
 #: rows wider than this (not images) are projected to this many dimensions before the probe
 MAX_WIDTH = 2048
 #: neighbours of the label-free vote (k = 20: larger neighbourhoods helped the penultimate vote)
@@ -90,7 +97,7 @@ class PatchDictionary:
         self.positions = tuple((side - self.size) // self.stride + 1 for side in x.shape[2:])
         self.shape = tuple(x.shape[1:])
         g = torch.Generator().manual_seed(seed)
-        per_image = 16  # patches drawn per sampled image
+        per_image = PATCHES_PER_IMAGE
         images = torch.randperm(len(x), generator=g)[:-(-FIT_PATCHES // per_image)]
         width = x.shape[1] * self.size ** 2
         drawn = []
@@ -158,13 +165,30 @@ class PatchDictionary:
         return out
 
 
+def _encoded_shape(shape: tuple[int, ...]) -> tuple[int, int]:
+    """(height, width) an image of ``shape`` (c, h, w) is encoded at: at most :data:`MAX_SIDE` a side."""
+    h, w = shape[-2:]
+    scale = min(1.0, MAX_SIDE / max(h, w))
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def _downsampled(images: np.ndarray) -> np.ndarray:
+    """``images`` (m, c, h, w) area-averaged down to :func:`_encoded_shape` (unchanged when small)."""
+    size = _encoded_shape(images.shape)
+    if size == tuple(images.shape[-2:]):
+        return images
+    return torch.nn.functional.adaptive_avg_pool2d(torch.as_tensor(images, dtype=torch.float32), size).numpy()
+
+
 def fit_encoder(sample: np.ndarray, seed: int = 0, centroids: int = CENTROIDS) -> Callable[[np.ndarray], np.ndarray]:
     """The label-free encoder fitted on ``sample``: patch k-means features for images (m, c, h, w)
-    with sides of at least 8 pixels, else the rows flattened (projected to :data:`MAX_WIDTH`
-    dimensions when wider). Returns ``encode(x) -> (len(x), d)`` float32."""
+    whose sides are at least 8 pixels once brought to at most :data:`MAX_SIDE` a side, else the
+    rows flattened (projected to :data:`MAX_WIDTH` dimensions when wider). Returns
+    ``encode(x) -> (len(x), d)`` float32."""
     sample = np.asarray(sample)
-    if sample.ndim == 4 and min(sample.shape[2:]) >= 8:
-        return PatchDictionary(sample, centroids, seed).encode
+    if sample.ndim == 4 and min(_encoded_shape(sample.shape)) >= 8:
+        dictionary = PatchDictionary(_downsampled(sample), centroids, seed)
+        return lambda x: dictionary.encode(_downsampled(np.asarray(x, dtype=np.float32)))
     width = int(np.prod(sample.shape[1:]))
     if width <= MAX_WIDTH:
         return lambda x: np.asarray(x, dtype=np.float32).reshape(len(x), -1)
@@ -215,6 +239,12 @@ def _take(x, rows: np.ndarray) -> np.ndarray:
     return np.asarray(x[torch.as_tensor(rows)] if isinstance(x, torch.Tensor) else x[rows], dtype=np.float32)
 
 
+def _finite(block: np.ndarray) -> np.ndarray:
+    if not np.isfinite(block).all():
+        raise ValueError("x must be finite")
+    return block
+
+
 def label_free_views(x, labels: np.ndarray, num_classes: int, seed: int = 0, k: int = VOTE_K,
                      block: int = 4096, vote: bool = True) -> dict[str, np.ndarray]:
     """The two label-free views of a training set: the probe's doubt and the k-NN vote's disagreement.
@@ -251,11 +281,12 @@ def label_free_views(x, labels: np.ndarray, num_classes: int, seed: int = 0, k: 
         raise ValueError("labels must hold at least two classes")
     k = min(k, n - 2)
     fit = reference_rows(labels, num_classes, cap=PROBE_FIT_ROWS, seed=seed, k=1)
-    sample = _take(x, fit)
-    if not np.isfinite(sample).all():
-        raise ValueError("x must be finite")
-    encode = fit_encoder(sample, seed)
-    fitted = encode(sample)
+    # the encoder sees at most ENCODER_FIT_ROWS rows (all of them up to that: the dictionary then
+    # samples its patches exactly as from the whole set); the fit rows are encoded a block at a time
+    few = fit if len(fit) <= ENCODER_FIT_ROWS else np.sort(
+        np.random.default_rng(seed).choice(fit, ENCODER_FIT_ROWS, replace=False))
+    encode = fit_encoder(_finite(_take(x, few)), seed)
+    fitted = np.concatenate([encode(_finite(_take(x, fit[i:i + block]))) for i in range(0, len(fit), block)])
     mean, scale = fitted.mean(0), fitted.std(0) + 1e-6
     fitted = (fitted - mean) / scale
     weights, bias = ridge_probe(fitted, labels[fit], num_classes)
@@ -276,7 +307,7 @@ def label_free_views(x, labels: np.ndarray, num_classes: int, seed: int = 0, k: 
     out = {"probe": np.empty(n), **({"knn": np.empty(n)} if vote else {})}
     for start in range(0, n, block):
         rows = np.arange(start, min(n, start + block))
-        feats = (encode(_take(x, rows)) - mean) / scale
+        feats = (encode(_finite(_take(x, rows))) - mean) / scale
         out["probe"][rows] = probe_doubt(feats, labels[rows], weights, bias)
         if vote:
             votes = knn_votes((feats - centre) @ basis, reference, labels[ref], num_classes, k=k, self_rows=own[rows])
