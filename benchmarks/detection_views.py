@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections import defaultdict
@@ -161,27 +162,6 @@ def run_probe2(setting: str, seed: int, limit: int, arrays) -> tuple[dict, dict]
     return {"probe2": time.perf_counter() - t0}, pieces
 
 
-def cmd_probe2(args) -> int:
-    """Add the version-2 probe run to stored cells (``<cell>.probe2.npz``)."""
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    for setting in args.settings:
-        for seed in args.seeds:
-            name = f"{setting.replace(':', '__')}__s{seed}"
-            js, side = out / f"{name}.json", out / f"{name}.probe2.npz"
-            if not js.exists() or (side.exists() and not args.refresh):
-                continue
-            info = json.loads(js.read_text())
-            limit = _limit(args, setting)
-            secs, pieces = run_probe2(setting, seed, limit, np.load(out / f"{name}.npz"))
-            write_npz(side, **pieces)
-            info["seconds"].update(secs)
-            write_json(js, info)
-            print(f"# {name}: probe2 {secs['probe2']:.0f}s load {[round(v, 2) for v in __import__('os').getloadavg()]}",
-                  file=sys.stderr, flush=True)
-    return 0
-
-
 def run_labelfree(setting: str, seed: int, limit: int, arrays) -> tuple[dict, dict]:
     """The label-free views of a stored cell (``tasks/scorers/label_free.py``, the code `knn-aum-lf`
     runs): the cell's inputs are reloaded (labels checked against the cell), encoded without labels,
@@ -197,25 +177,37 @@ def run_labelfree(setting: str, seed: int, limit: int, arrays) -> tuple[dict, di
     return {"labelfree": time.perf_counter() - t0}, {"lf_probe": views["probe"], "lf_knn20": views["knn"]}
 
 
-def cmd_labelfree(args) -> int:
-    """Add the label-free views to stored cells (``<cell>.labelfree.npz``)."""
+def _add_side_files(args, kind: str, run) -> int:
+    """For every stored cell of ``args.settings`` × ``args.seeds`` without ``<cell>.<kind>.npz``
+    (or with ``--refresh``): ``run(setting, seed, limit, arrays) -> (seconds, pieces)``, the pieces
+    written there and the seconds added to the cell's record."""
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     for setting in args.settings:
         for seed in args.seeds:
             name = f"{setting.replace(':', '__')}__s{seed}"
-            js, side = out / f"{name}.json", out / f"{name}.labelfree.npz"
+            js, side = out / f"{name}.json", out / f"{name}.{kind}.npz"
             if not js.exists() or (side.exists() and not args.refresh):
                 continue
             info = json.loads(js.read_text())
-            secs, pieces = run_labelfree(setting, seed, _limit(args, setting), np.load(out / f"{name}.npz"))
+            secs, pieces = run(setting, seed, _limit(args, setting), np.load(out / f"{name}.npz"))
             write_npz(side, **pieces)
             info["seconds"].update(secs)
-            info["load_average_labelfree"] = list(__import__("os").getloadavg())
             write_json(js, info)
-            print(f"# {name}: label-free views {secs['labelfree']:.1f}s, training was {info['seconds']['train']:.1f}s",
+            print(f"# {name}: " + ", ".join(f"{k} {v:.1f}s" for k, v in secs.items())
+                  + f" (training was {info['seconds']['train']:.1f}s); load {os.getloadavg()[0]:.1f}",
                   file=sys.stderr, flush=True)
     return 0
+
+
+def cmd_probe2(args) -> int:
+    """Add the version-2 probe run to stored cells (``<cell>.probe2.npz``)."""
+    return _add_side_files(args, "probe2", run_probe2)
+
+
+def cmd_labelfree(args) -> int:
+    """Add the label-free views to stored cells (``<cell>.labelfree.npz``)."""
+    return _add_side_files(args, "labelfree", run_labelfree)
 
 
 def _limit(args, setting: str) -> int:

@@ -422,8 +422,6 @@ class KnnAumLabelFree(Scorer):
     def score(self, ctx: TrainingContext) -> np.ndarray:
         from .label_free import label_free_views
 
-        views = _training_views(ctx, _int_option(self.options, "k", DEFAULT_K),
-                                _reference_option(self.options, ctx.n))
         free = label_free_views(ctx.rows, ctx.y.numpy(), ctx.num_classes, seed=ctx.seed, vote=False)
         # knn-aum's two views weigh as one: the leave-one-data-set-out pick (docs/detection.md)
-        return rank_average([rank_average([views["aum"], views["knn-pen"]]), free["probe"]])
+        return rank_average([KnnAum(**self.options).score(ctx), free["probe"]])
