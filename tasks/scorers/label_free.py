@@ -260,7 +260,6 @@ def label_free_views(x, labels: np.ndarray, num_classes: int, seed: int = 0, k: 
     ----------
     x : shape (n, ...) — a tensor, an array or streamed :class:`~winnow.tasks.models.rows.Rows`
     labels : shape (n,), int in [0, num_classes) — the given labels
-
     vote : bool
         Also take the vote (``knn``); the probe alone costs one encoding and one d × d solve.
 
