@@ -144,11 +144,17 @@ def inject_agreed_flips(ckpt_logits: np.ndarray, labels: np.ndarray, rate: float
     return probe
 
 
+def reload_setting(setting: str, seed: int, limit: int, arrays):
+    """:func:`load_setting` for a stored cell, its given labels checked against the cell's."""
+    data = load_setting(setting, seed, limit)
+    if not np.array_equal(data[2], arrays["y_given"]):
+        raise ValueError(f"{setting} seed {seed}: reloaded labels differ from the stored cell (different --limit?)")
+    return data
+
+
 def run_probe2(setting: str, seed: int, limit: int, arrays) -> tuple[dict, dict]:
     """Train the version-2 probe run for a stored cell; returns (seconds, probe2 pieces)."""
-    model_kind, x, y_given, _, ids, _, _ = load_setting(setting, seed, limit)
-    if not np.array_equal(y_given, arrays["y_given"]):
-        raise ValueError(f"{setting} seed {seed}: reloaded labels differ from the stored cell (different --limit?)")
+    model_kind, x, y_given, _, ids, _, _ = reload_setting(setting, seed, limit, arrays)
     x = torch.as_tensor(x)
     cfg = recipe(setting, model_kind, seed)
     factory = lambda: build_model(model_kind, tuple(x.shape[1:]), 10)  # noqa: E731
@@ -169,9 +175,7 @@ def run_labelfree(setting: str, seed: int, limit: int, arrays) -> tuple[dict, di
     ``lf_knn20`` (the k = 20 vote's disagreement in the label-free space)."""
     from winnow.tasks.scorers.label_free import label_free_views
 
-    _, x, y_given, _, _, _, _ = load_setting(setting, seed, limit)
-    if not np.array_equal(y_given, arrays["y_given"]):
-        raise ValueError(f"{setting} seed {seed}: reloaded labels differ from the stored cell (different --limit?)")
+    _, x, y_given, _, _, _, _ = reload_setting(setting, seed, limit, arrays)
     t0 = time.perf_counter()
     views = label_free_views(np.asarray(x), y_given, 10, seed=seed)
     return {"labelfree": time.perf_counter() - t0}, {"lf_probe": views["probe"], "lf_knn20": views["knn"]}

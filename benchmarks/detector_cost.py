@@ -57,13 +57,13 @@ def main() -> None:
                 t0 = time.perf_counter()
                 get_scorer(name)(ctx)
                 seconds[name] = time.perf_counter() - t0
-            rows.setdefault(setting, []).append(seconds)
+            rows.setdefault(setting, []).append({**seconds, "n": len(y)})
             print(f"# {setting} seed {seed}: " + ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items())
                   + f"; load {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)
     print("| setting | n | training s | " + " | ".join(f"`{d}` s (÷ training)" for d in DETECTORS) + " |")
     print("|---|---|---|" + "---|" * len(DETECTORS))
     for setting, runs in rows.items():
-        n = len(load_setting(setting, args.seeds[0], LIMITS.get(setting, args.limit))[2])
+        n = runs[0]["n"]
         cells = [f"{_ms([r[d] for r in runs], '.1f')} ({_ms([r[d] / r['train'] for r in runs], '.2f')}×)" for d in DETECTORS]
         print(f"| {setting} | {n} | {_ms([r['train'] for r in runs], '.1f')} | " + " | ".join(cells) + " |")
 

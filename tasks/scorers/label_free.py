@@ -97,13 +97,12 @@ class PatchDictionary:
         self.positions = tuple((side - self.size) // self.stride + 1 for side in x.shape[2:])
         self.shape = tuple(x.shape[1:])
         g = torch.Generator().manual_seed(seed)
-        per_image = PATCHES_PER_IMAGE
-        images = torch.randperm(len(x), generator=g)[:-(-FIT_PATCHES // per_image)]
+        images = torch.randperm(len(x), generator=g)[:ENCODER_FIT_ROWS]
         width = x.shape[1] * self.size ** 2
         drawn = []
         for start in range(0, len(images), 256):  # 256 images' patches at a time, not all of them
             u = _unfolded(x[images[start:start + 256]], self.size, self.stride)
-            pick = torch.randint(u.shape[1], (len(u), per_image), generator=g)
+            pick = torch.randint(u.shape[1], (len(u), PATCHES_PER_IMAGE), generator=g)
             drawn.append(torch.gather(u, 1, pick[:, :, None].expand(-1, -1, width)).reshape(-1, width))
         p = _contrast_normalised(torch.cat(drawn))
         n_fit = len(p)
@@ -296,11 +295,10 @@ def label_free_views(x, labels: np.ndarray, num_classes: int, seed: int = 0, k: 
                                             labels)
         return out
     # past PROBE_FIT_ROWS: the vote in the sample's top principal directions, the rows streamed
-    if vote:
-        centre = fitted.mean(0)
-        basis = np.linalg.svd(fitted - centre, full_matrices=False)[2][:VOTE_DIMENSIONS].T.astype(np.float32)
+    if vote:  # ``fitted`` is standardised, so centred: its principal directions are its right singular vectors
+        basis = np.linalg.svd(fitted, full_matrices=False)[2][:VOTE_DIMENSIONS].T.astype(np.float32)
         ref = reference_rows(labels, num_classes, cap=max(reference_size(n), k + 1), seed=seed, k=k)
-        reference = ((encode(_take(x, ref)) - mean) / scale - centre) @ basis
+        reference = ((encode(_take(x, ref)) - mean) / scale) @ basis
         own = np.full(n, -1, dtype=np.int64)
         own[ref] = np.arange(len(ref))
     out = {"probe": np.empty(n), **({"knn": np.empty(n)} if vote else {})}
@@ -309,6 +307,6 @@ def label_free_views(x, labels: np.ndarray, num_classes: int, seed: int = 0, k: 
         feats = (encode(_finite(_take(x, rows))) - mean) / scale
         out["probe"][rows] = probe_doubt(feats, labels[rows], weights, bias)
         if vote:
-            votes = knn_votes((feats - centre) @ basis, reference, labels[ref], num_classes, k=k, self_rows=own[rows])
+            votes = knn_votes(feats @ basis, reference, labels[ref], num_classes, k=k, self_rows=own[rows])
             out["knn"][rows] = label_disagreement(votes, labels[rows])
     return out
