@@ -56,6 +56,14 @@ def _reload_cell(js: Path, info: dict, limit: int):
     return arrays, data, recipe(setting, data[0], seed)
 
 
+def _select_path(js: Path, key: str) -> Path:
+    """Where a cell's ``select`` held-out vectors for ``key`` (= ``detector|estimator``) are
+    stored: one file per key, since each detector's flags give ``select`` different candidates
+    (the files of the first measurements, all ``knn-aum|expected``, keep the plain name)."""
+    suffix = ".select.npz" if key == f"{DETECTOR}|expected" else f".select.{key.replace('|', '.')}.npz"
+    return js.with_name(js.name.replace(".json", suffix))
+
+
 def _cells(out: Path, settings: list[str] | None, seeds: list[int] | None):
     for js in sorted(out.glob("*__s*.json")):
         if js.name.endswith(".remedies.json"):
@@ -138,8 +146,7 @@ def cmd_remedies(args) -> int:
                 # report can apply the choice rule (and show a variant) without retraining
                 outcome = remedies.train_with_remedy(name, y_given, flags, probs, seed, train_fn, predict_fn,
                                                      folds=_oos_folds(y_given, seed), train_final=False)
-                sel = js.with_name(js.name.replace(".json", ".select.npz"))
-                write_npz(sel, fold_of=outcome.fold_of,
+                write_npz(_select_path(js, key), fold_of=outcome.fold_of,
                           **{f"correct/{c}": v for c, v in outcome.holdout_correct.items()})
                 done[name] = {"applied": outcome.applied, "holdout": outcome.holdout_accuracy,
                               "seconds": time.perf_counter() - t0}
@@ -246,11 +253,11 @@ def cmd_estimators(args) -> int:
     return 0
 
 
-def _select_from_stored(js: Path, done: dict, noisy: float) -> None:
+def _select_from_stored(js: Path, key: str, done: dict, noisy: float) -> None:
     """Apply the choice rule to a cell's stored held-out correctness: ``select`` (the rule of
     ``remedies.choose_on_holdout``: McNemar and every fold) and ``select-pooled`` (McNemar alone);
     the chosen candidate's test accuracy is its standalone run's (the same training)."""
-    sel = js.with_name(js.name.replace(".json", ".select.npz"))
+    sel = _select_path(js, key)
     if not sel.exists():
         done.pop("select", None)
         return
@@ -274,7 +281,7 @@ def cmd_report(args) -> int:
         if res_path.exists():
             res = json.loads(res_path.read_text())
             if key in res:
-                _select_from_stored(js, res[key], res["noisy"])
+                _select_from_stored(js, key, res[key], res["noisy"])
                 table[info["setting"]].append(res)
     names = [r for r in REMEDIES[:1] + ["select-pooled"] + REMEDIES[1:]
              if any(r in res[key] for rs in table.values() for res in rs)]

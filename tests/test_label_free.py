@@ -46,6 +46,31 @@ def test_patch_dictionary_encodes_quadrant_sums_deterministically_and_checks_its
         PatchDictionary(np.full((2, 1, 8, 8), np.nan))
 
 
+@pytest.mark.parametrize("shape, stride", [((3, 16, 16), 1), ((1, 13, 11), 2)])
+def test_patch_encoding_equals_its_definition_patch_by_patch(shape, stride):
+    """The convolutional encoding against the paper's recipe spelled out: every patch cut out,
+    contrast-normalised, whitened, its distance to each centroid, the triangle activation, summed
+    per quadrant (odd sides: the first half of the rows/columns takes the middle one)."""
+    images = np.random.default_rng(4).random((9,) + shape).astype(np.float32)
+    d = PatchDictionary(images, centroids=7, seed=1, stride=stride)
+    s, (ph, pw) = d.size, d.positions
+    want = np.zeros((9, 4, 7))
+    for i in range(9):
+        for r in range(ph):
+            for c in range(pw):
+                p = images[i, :, r * stride:r * stride + s, c * stride:c * stride + s].reshape(-1).astype(np.float64)
+                p = (p - p.mean()) / np.sqrt(p.var() + label_free.CONTRAST_FLOOR)
+                z = (p - d.mean.numpy()) @ d.zca.numpy()
+                dist = np.sqrt(((z - d.centres.numpy()) ** 2).sum(1))
+                want[i, 2 * (r >= (ph + 1) // 2) + (c >= (pw + 1) // 2)] += np.maximum(0, dist.mean() - dist)
+    np.testing.assert_allclose(d.encode(images), want.reshape(9, -1), rtol=1e-4, atol=1e-4)
+    # the same images in channels-last memory (rows gathered from a tensor can come that way): same bits
+    strided = torch.as_tensor(images).permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2).numpy()
+    np.testing.assert_array_equal(d.encode(strided), d.encode(images))
+    # pixels on another scale's offset (e.g. 0..255 shifted): only the contrast within a patch counts
+    np.testing.assert_allclose(d.encode(images + 200.0), want.reshape(9, -1), rtol=1e-3, atol=1e-3)
+
+
 def test_ridge_probe_is_the_penalised_least_squares_solution():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(80, 6))
