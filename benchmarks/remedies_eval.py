@@ -10,7 +10,11 @@ function the audit's retrain stage calls) on the top k̂ of the recommended dete
 the oracle (true labels, same recipe and seed) is trained once and stored.
 
 ``estimators`` — each noise-count estimator's relative error (k̂ − k) / k on the stored
-probabilities (seconds; no training).
+probabilities (seconds; no training); ``--second-opinion`` adds counts that also read the
+label-free probe (minutes: every cell's inputs are reloaded and encoded).
+
+``suggestions`` — how often the suggested label of a flagged row is its true class (the
+out-of-sample argmax, and its average with the label-free probe: the real audit's suggestion).
 
 ``report`` — the markdown tables of ``docs/remedies.md``.
 
@@ -38,9 +42,10 @@ from real_noise import _ms, derived_scores, load_setting, recipe, write_json, wr
 from winnow.tasks import noise_rate, remedies  # noqa: E402
 from winnow.tasks.models.nets import build_model  # noqa: E402
 from winnow.tasks.models.training import accuracy, predict_logits, train_model  # noqa: E402
+from winnow.tasks.scorers.label_free import cross_fitted_probe  # noqa: E402
 
 #: the remedies measured by default: every selectable one plus pruning k random samples (the floor)
-REMEDIES = ["select", "prune", "relabel", "relabel-other", "weight", "semi", "gce", "prune-random"]
+REMEDIES = ["select", "prune", "relabel", "relabel-other", "relabel-agreed", "weight", "semi", "gce", "prune-random"]
 DETECTOR = "knn-aum"
 
 
@@ -151,11 +156,17 @@ def cmd_remedies(args) -> int:
                 done[name] = {"applied": outcome.applied, "holdout": outcome.holdout_accuracy,
                               "seconds": time.perf_counter() - t0}
             else:
-                outcome = remedies.train_with_remedy(name, y_given, flags, probs, seed, train_fn, predict_fn)
+                second = (cross_fitted_probe(x.numpy(), y_given, 10, seed=seed)
+                          if name in remedies.NEEDS_SECOND_OPINION else None)
+                outcome = remedies.train_with_remedy(name, y_given, flags, probs, seed, train_fn, predict_fn,
+                                                     second=second)
             if name != "select":
+                changed = outcome.plan.labels != y_given[outcome.plan.rows]
                 done[name] = {"acc": accuracy(outcome.model, tx, ty), "applied": outcome.applied,
                               "seconds": time.perf_counter() - t0, "changed": outcome.plan.changed,
-                              "dropped": outcome.plan.dropped}
+                              "dropped": outcome.plan.dropped,
+                              # how many of the new labels are the true ones (read by the report only)
+                              "changed_right": int((outcome.plan.labels == y_true[outcome.plan.rows])[changed].sum())}
             write_json(res_path, res)
             print(f"# {js.stem} {name}: {done[name].get('acc', float('nan')):.3f} ({outcome.applied}) noisy {res['noisy']:.3f} "
                   f"oracle {res['oracle']:.3f}, {done[name]['seconds']:.0f}s", file=sys.stderr, flush=True)
@@ -210,9 +221,43 @@ def temperature_scaled(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
     return np.exp(tempered(t))
 
 
-def estimator_errors(out: Path, methods=noise_rate.ESTIMATORS) -> dict[str, dict[str, list[float]]]:
+def dawid_skene_count(votes: np.ndarray, num_classes: int, iterations: int = 50) -> float:
+    """Expected number of rows whose true class differs from column 0 of ``votes`` (n, A) under
+    the Dawid–Skene model (Dawid & Skene 1979): A annotators, each with its own confusion
+    matrix, conditionally independent given the true class; EM from the majority vote."""
+    n, raters = votes.shape
+    rows = np.arange(n)
+    post = np.zeros((n, num_classes))
+    for a in range(raters):
+        post[rows, votes[:, a]] += 1.0
+    post /= post.sum(1, keepdims=True)
+    for _ in range(iterations):
+        log_post = np.log(post.mean(0) + 1e-12)[None].repeat(n, 0)
+        for a in range(raters):
+            confusion = post.T @ np.eye(num_classes)[votes[:, a]] + 0.01  # (true, said), smoothed
+            log_post += np.log(confusion / confusion.sum(1, keepdims=True))[:, votes[:, a]].T
+        post = np.exp(log_post - log_post.max(1, keepdims=True))
+        post /= post.sum(1, keepdims=True)
+    return float((1.0 - post[rows, votes[:, 0]]).sum())
+
+
+def second_opinion_counts(y: np.ndarray, probs: np.ndarray, probe_scores: np.ndarray) -> dict[str, float]:
+    """Counts that add the label-free probe (cross-fitted) to the out-of-sample probabilities:
+    ``expected`` on the probe's probabilities (softmax of its scores, temperature fitted to the
+    given labels) and on their mean with the folds', and Dawid–Skene with the given label, the
+    folds' argmax and the probe's argmax as three annotators."""
+    shifted = probe_scores - probe_scores.max(1, keepdims=True)
+    probe = temperature_scaled(y, np.exp(shifted) / np.exp(shifted).sum(1, keepdims=True))
+    return {"expected:probe": noise_rate.expected_count(y, probe),
+            "expected:folds+probe": noise_rate.expected_count(y, (probs + probe) / 2),
+            "dawid-skene": dawid_skene_count(np.stack([y, probs.argmax(1), probe_scores.argmax(1)], 1), probs.shape[1])}
+
+
+def estimator_errors(out: Path, methods=noise_rate.ESTIMATORS, second_opinion: bool = False,
+                     limit: int = 1000) -> dict[str, dict[str, list[float]]]:
     """setting -> estimator -> relative errors (k̂ − k)/k over the stored cells (``injected:<base>``
-    where the cell has an injected pass)."""
+    where the cell has an injected pass; with ``second_opinion``, the counts of
+    :func:`second_opinion_counts`, each cell's inputs reloaded for the probe)."""
     errors: dict = defaultdict(lambda: defaultdict(list))
     for js, info in _cells(out, None, None):
         arrays = np.load(js.with_suffix(".npz"))
@@ -220,6 +265,10 @@ def estimator_errors(out: Path, methods=noise_rate.ESTIMATORS) -> dict[str, dict
         k = int(arrays["flipped"].sum())
         for m in methods:
             errors[info["setting"]][m].append((noise_rate.estimate(y, probs, m) - k) / k)
+        if second_opinion:
+            x = np.asarray(_reload_cell(js, info, limit)[1][1])
+            for m, est in second_opinion_counts(y, probs, cross_fitted_probe(x, y, 10, seed=info["seed"])).items():
+                errors[info["setting"]][m].append((est - k) / k)
         errors[info["setting"]]["expected-T"].append((noise_rate.expected_count(y, temperature_scaled(y, probs)) - k) / k)
         inj = js.with_name(js.name.replace(".json", ".inject.npz"))
         if inj.exists():
@@ -231,8 +280,10 @@ def estimator_errors(out: Path, methods=noise_rate.ESTIMATORS) -> dict[str, dict
 
 
 def cmd_estimators(args) -> int:
-    errors = estimator_errors(Path(args.out))
+    errors = estimator_errors(Path(args.out), second_opinion=args.second_opinion, limit=args.limit)
     methods = list(noise_rate.ESTIMATORS) + ["expected-T", "injected:expected", "injected:confident"]
+    if args.second_opinion:
+        methods += ["expected:probe", "expected:folds+probe", "dawid-skene"]
     print("| setting | seeds | " + " | ".join(f"`{m}`" for m in methods) + " |\n|---|---|" + "---|" * len(methods))
     worst = defaultdict(float)
     within = defaultdict(int)
@@ -292,7 +343,6 @@ def cmd_report(args) -> int:
     choices = defaultdict(lambda: defaultdict(int))
     for s in sorted(table):
         rs = table[s]
-        noisy, oracle = np.mean([r["noisy"] for r in rs]), np.mean([r["oracle"] for r in rs])
         cols = []
         for n in names:
             have = [r for r in rs if n in r[key]]
@@ -314,6 +364,20 @@ def cmd_report(args) -> int:
         testable = "" if gaps.mean() > 2 * se else " (untestable)"
         print(f"| {s} | {len(rs)} | {prec} | {_ms([r['noisy'] for r in rs])} | {_ms([r['oracle'] for r in rs])} | "
               f"{gaps.mean():+.3f} ± {se:.3f}{testable} | " + " | ".join(cols) + " |")
+    relabels = [n for n in names if any("changed_right" in r[key].get(n, {}) and r[key][n]["changed"]
+                                        for rs in table.values() for r in rs)]
+    if relabels:
+        print("\nNew labels given by each relabelling remedy: how many per cell (mean), and the share that are the "
+              "true class\n")
+        print("| setting | " + " | ".join(relabels) + " |\n|---|" + "---|" * len(relabels))
+        for s in sorted(table):
+            cols = []
+            for n in relabels:
+                have = [r[key][n] for r in table[s] if "changed_right" in r[key].get(n, {})]
+                changed = sum(h["changed"] for h in have)
+                cols.append(f"{changed / len(have):.0f}, {sum(h['changed_right'] for h in have) / changed:.2f}"
+                            if changed else "")
+            print(f"| {s} | " + " | ".join(cols) + " |")
     if choices:
         print("\n`select` per setting: its choice per seed (cross-validated accuracy on the given labels), and "
               "its test accuracy minus the unchanged (noisy) model's, per seed\n")
@@ -324,6 +388,38 @@ def cmd_report(args) -> int:
                 continue
             print(f"| {s} | " + ", ".join(f"{c} ×{n}" for c, n in sorted(choices[s].items()))
                   + f" | {d.mean():+.3f}, {d.min():+.3f} | {int((d < -1e-9).sum())} of {len(d)} |")
+    return 0
+
+
+def cmd_suggestions(args) -> int:
+    """How often the suggested label of a flagged row is its true class: the out-of-sample argmax
+    (what the review queue suggested before) against its average with the label-free probe's
+    probabilities (what ``stages.second_opinion`` gives the real audit now), on the top k̂ of
+    ``--detector``; over every flagged row (a right suggestion for a flagged *correct* label is the
+    label itself) and over the flagged rows whose label is wrong."""
+    from winnow.tasks.scorers.label_free import probe_probabilities
+
+    table = defaultdict(lambda: defaultdict(list))
+    for js, info in _cells(Path(args.out), args.settings, None):
+        arrays, (_, x, y_given, y_true, _, _, _), _ = _reload_cell(js, info, args.limit)
+        probs = arrays["oos_probs"]
+        k = noise_rate.estimate(y_given, probs, args.estimator)
+        flags = np.zeros(len(y_given), dtype=bool)
+        flags[np.argsort(-detector_scores(arrays, args.detector, torch.as_tensor(x), y_given, info["seed"]),
+                         kind="stable")[:k]] = True
+        probe = probe_probabilities(cross_fitted_probe(np.asarray(x), y_given, 10, seed=info["seed"]), y_given)
+        wrong = flags & (y_given != y_true)
+        for name, p in (("folds", probs), ("folds+probe", (probs + probe) / 2)):
+            right = p.argmax(1) == y_true
+            table[info["setting"]][f"{name}|flagged"].append(right[flags].mean() if flags.any() else np.nan)
+            table[info["setting"]][f"{name}|wrong"].append(right[wrong].mean() if wrong.any() else np.nan)
+        print(f"# {js.stem}", file=sys.stderr, flush=True)
+    cols = ["folds|flagged", "folds+probe|flagged", "folds|wrong", "folds+probe|wrong"]
+    print(f"Suggested label = true class, on the top k̂ of `{args.detector}` (k̂ = `{args.estimator}`): mean ± std "
+          "over seeds\n")
+    print("| setting | seeds | " + " | ".join(c.replace("|", ", ") for c in cols) + " |\n|---|---|" + "---|" * len(cols))
+    for s in sorted(table):
+        print(f"| {s} | {len(table[s][cols[0]])} | " + " | ".join(_ms(table[s][c], ".2f") for c in cols) + " |")
     return 0
 
 
@@ -341,18 +437,28 @@ def main(argv=None) -> int:
     r.add_argument("--threads", type=int, default=1)
     e = sub.add_parser("estimators")
     e.add_argument("--out", default="data/real_noise")
+    e.add_argument("--second-opinion", action="store_true",
+                   help="also the counts that add the label-free probe (reloads every cell's inputs)")
+    e.add_argument("--limit", type=int, default=1000, help="the CIFAR-10N --limit the cells were run with")
     i = sub.add_parser("inject")
     i.add_argument("--out", default="data/real_noise")
     i.add_argument("--settings", nargs="+", default=None)
     i.add_argument("--seeds", nargs="+", type=int, default=None)
     i.add_argument("--limit", type=int, default=1000)
     i.add_argument("--threads", type=int, default=1)
+    g = sub.add_parser("suggestions")
+    g.add_argument("--out", default="data/real_noise")
+    g.add_argument("--settings", nargs="+", default=None)
+    g.add_argument("--limit", type=int, default=1000, help="the CIFAR-10N --limit the cells were run with")
+    g.add_argument("--detector", default="knn-aum-lf")
+    g.add_argument("--estimator", default=noise_rate.RECOMMENDED, choices=noise_rate.ESTIMATORS)
     p = sub.add_parser("report")
     p.add_argument("--out", default="data/real_noise")
     p.add_argument("--detector", default=DETECTOR)
     p.add_argument("--estimator", default=noise_rate.RECOMMENDED, choices=noise_rate.ESTIMATORS)
     args = ap.parse_args(argv)
-    return {"remedies": cmd_remedies, "estimators": cmd_estimators, "inject": cmd_inject, "report": cmd_report}[args.cmd](args)
+    return {"remedies": cmd_remedies, "estimators": cmd_estimators, "inject": cmd_inject, "report": cmd_report,
+            "suggestions": cmd_suggestions}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from winnow.flows.scaleout import Pending, checkpoint_logits, out_of_sample, run
 from winnow.tasks import artifacts, lake, noise_rate, stages
 from winnow.tasks.metrics import detection_metrics
 from winnow.tasks.plots import detection_curves
-from winnow.tasks.remedies import DEFAULT_REMEDY, NEEDS_OOS, REMEDIES
+from winnow.tasks.remedies import DEFAULT_REMEDY, NEEDS_OOS, NEEDS_SECOND_OPINION, REMEDIES
 from winnow.tasks.scorers import default_scorers, parse_scorer_list
 from winnow.tasks.scorers.base import scorer_class
 from winnow.tasks.settings import paths
@@ -66,13 +66,14 @@ def audit(dataset: str = "digits", path: str | None = None, limit: int | None = 
     the run grades the detectors: train, score, prune, retrain, measure against the known flips.
     With ``noise="none"`` (the default for ``images`` and ``parquet``) it audits the labels as
     they are: every row scored out of sample, the number of wrong labels estimated, the top ones
-    flagged with a suggested label and queued for review.
+    flagged with a suggested label (the class the out-of-sample folds and the label-free probe,
+    averaged, find likeliest) and queued for review.
 
     ``inputs`` holds :class:`~winnow.tasks.stages.InputOptions` (class set, shape, image size,
     label column); ``backbone`` a user's exported encoder whose embeddings the head is trained on.
     ``explain_top > 0`` then runs the explain flow on the top ``explain_top`` samples.
     ``remedy`` (graded runs): what is done with each scorer's top k before retraining
-    (:mod:`winnow.tasks.remedies`: prune, relabel, weight, semi).
+    (:mod:`winnow.tasks.remedies`: prune, relabel, relabel-agreed, weight, semi, ...).
     """
     log = get_run_logger()
     noise = noise or ("none" if dataset in USER_DATA else "symmetric")
@@ -119,7 +120,9 @@ def audit(dataset: str = "digits", path: str | None = None, limit: int | None = 
     if noise == "none":
         from winnow.flows.real_audit import publish_real_audit
 
-        result = publish_real_audit(train_key, oos_key, score_keys, names, k, k_source, params, run, log)
+        # the suggested labels also ask the label-free probe (not possible on given probabilities)
+        second_key = run("second-opinion", stages.second_opinion, train_key) if model != stages.GIVEN_PROBS else None
+        result = publish_real_audit(train_key, oos_key, score_keys, names, k, k_source, params, run, log, second_key)
     else:
         result = _evaluate(train_key, noise_key, score_keys, names, k, k_source, {**params, "remedy": remedy}, run, log,
                            oos_key)
@@ -167,8 +170,9 @@ def _evaluate(train_key, noise_key, score_keys, names, k, k_source, params, run,
     if model == stages.GIVEN_PROBS:
         raise ValueError("injected noise needs a model to retrain; pred_probs input audits the given labels")
     remedy = params.get("remedy", DEFAULT_REMEDY)
+    second_key = run("second-opinion", stages.second_opinion, train_key) if remedy in NEEDS_SECOND_OPINION else None
     pruned = {n: run.submit(f"retrain-{n}", stages.retrain, train_key, n, score_keys[n], k, remedy=remedy,
-                            oos_key=oos_key) for n in names}
+                            oos_key=oos_key, second_key=second_key) for n in names}
     oracle = run.result(run.submit("retrain-oracle", stages.retrain, train_key, "oracle", None, 0, clean=True))
     pruned = {n: run.result(p) for n, p in pruned.items()}
     run.finalize()

@@ -72,11 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     run.add_argument("--remedy", choices=list(REMEDIES), default=DEFAULT_REMEDY,
                      help="with injected noise: what is done with each scorer's top k before retraining (default "
-                          f"{DEFAULT_REMEDY}: select = keep whichever of no change, prune, relabel, gce has the best "
-                          "cross-validated accuracy on the given labels, no change unless one clearly wins; prune; "
-                          "relabel to the out-of-sample consensus; weight = draw them less often; semi = keep the "
-                          "inputs, pseudo-label them from a model trained on the rest; gce = retrain every row with "
-                          "the generalized cross-entropy)")
+                          f"{DEFAULT_REMEDY}). prune = drop them; relabel = the out-of-sample consensus where it is "
+                          "confident, else drop; relabel-other = the out-of-sample runner-up class; relabel-agreed = "
+                          "the class the out-of-sample folds and the label-free probe both put first after the given "
+                          "one, else drop; weight = draw them less often; semi = keep the inputs, pseudo-label them "
+                          "from a model trained on the rest; gce = retrain every row with the generalized "
+                          "cross-entropy; select = keep whichever of no change, prune, relabel, gce has the best "
+                          "cross-validated accuracy on the given labels, no change unless one clearly wins")
     run.add_argument("--epochs", type=_positive_int, help="override the recipe's epoch count")
     run.add_argument("--refresh", action="store_true", help="ignore cached stage results and recompute")
     run.add_argument("--explain", type=_positive_int, default=0, metavar="N",

@@ -22,8 +22,12 @@ ESTIMATORS = {**noise_rate.DESCRIPTIONS, "--prune-k": "given with --prune-k"}
 
 
 def publish_real_audit(train_key: str, oos_key: str, score_keys: dict[str, str], names: list[str], k: int,
-                       k_source: str, params: dict, run, log) -> AuditResult:
-    """Flag, suggest, queue for review; write the lake, MLflow and the Prefect summary."""
+                       k_source: str, params: dict, run, log, second_key: str | None = None) -> AuditResult:
+    """Flag, suggest, queue for review; write the lake, MLflow and the Prefect summary.
+
+    The suggested label is the argmax of :func:`winnow.tasks.review.suggestion_probs`: the
+    out-of-sample probabilities averaged with the label-free probe's (``second_key``,
+    ``stages.second_opinion``) when there is one."""
     t0 = time.perf_counter()
     run.finalize()  # the seconds of stages run on Dask
     ctx, data, meta = stages.load_context(train_key)
@@ -32,7 +36,9 @@ def publish_real_audit(train_key: str, oos_key: str, score_keys: dict[str, str],
     score_tables = {n: artifacts.load_frame("scores", key) for n, key in score_keys.items()}
     scores = {n: t["score"].to_numpy() for n, t in score_tables.items()}
     flagged, ranks = review.rank_flags(scores, names[0], k)
-    rows = review.flagged_rows(audited, flagged, probs, scores, ranks, names[0], params["batch_id"], run_id=train_key)
+    second = artifacts.load_torch("second-opinion", second_key).numpy() if second_key is not None else None
+    rows = review.flagged_rows(audited, flagged, review.suggestion_probs(probs, second), scores, ranks, names[0],
+                               params["batch_id"], run_id=train_key)
 
     n = len(audited)
     agree = probs.argmax(1) == data.noisy

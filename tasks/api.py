@@ -55,7 +55,8 @@ def find_label_issues(labels, pred_probs=None, features=None, images=None, *, nu
     Returns
     -------
     pandas.DataFrame, n rows sorted most suspicious first
-        ``index`` (row in the input), ``label``, ``suggested_label`` (out-of-sample argmax),
+        ``index`` (row in the input), ``label``, ``suggested_label`` (the argmax of the
+        out-of-sample probabilities, averaged with the label-free probe's on features and images),
         ``score`` (the first scorer; higher = more suspicious), ``is_label_issue`` (the top k, k =
         the estimated number of wrong labels, the estimator ``winnow run`` uses:
         :data:`winnow.tasks.noise_rate.RECOMMENDED`), one ``score_<name>`` column
@@ -69,6 +70,8 @@ def find_label_issues(labels, pred_probs=None, features=None, images=None, *, nu
     from .scorers import TrainingContext, default_scorers, get_scorer, parse_scorer_list, probability_scorers
     from .scorers.base import scorer_class
     from .noise_rate import estimate_noise_count  # the same count as `winnow run` (noise_rate.RECOMMENDED)
+    from .review import suggestion_probs
+    from .scorers.label_free import second_opinion
     from .stages import default_config
 
     given = [a for a in (pred_probs, features, images) if a is not None]
@@ -117,7 +120,10 @@ def find_label_issues(labels, pred_probs=None, features=None, images=None, *, nu
     scores = {n: get_scorer(n)(ctx) for n in names}
     k = estimate_noise_count(y, probs)
     order = ranking(scores[names[0]])
-    table = pd.DataFrame({"index": order, "label": y[order], "suggested_label": probs.argmax(1)[order],
+    # the suggestion also asks the label-free probe, as `winnow run` does (not possible on pred_probs)
+    second = None if pred_probs is not None else second_opinion(ctx.x, y, k_classes, seed=seed)
+    suggested = suggestion_probs(probs, second).argmax(1)
+    table = pd.DataFrame({"index": order, "label": y[order], "suggested_label": suggested[order],
                           "score": scores[names[0]][order], "is_label_issue": np.arange(len(y)) < k})
     for n in names:
         table[f"score_{n}"] = scores[n][order]

@@ -10,6 +10,11 @@ input is still useful). The alternatives keep the inputs:
   models that never saw it) where that consensus is confident, drop it otherwise.
 * ``relabel-other`` — give each flagged row the most probable class other than its given label
   (the flag says the given one is wrong); nothing is dropped.
+* ``relabel-agreed`` — give each flagged row the class that two independent second opinions both
+  put first among the classes other than its given one: the out-of-sample fold models (which
+  never saw the row) and the label-free probe cross-fitted on features that never saw a label
+  (``scorers.label_free.cross_fitted_probe``); drop the flagged rows they disagree on (how often
+  the agreed class is the true one, per setting: docs/remedies.md).
 * ``weight`` — keep every row, draw flagged rows less often: a seeded resample of n rows with
   probability ∝ weight (the training loop has no per-sample loss weights; resampling is the
   unbiased equivalent in expectation).
@@ -38,9 +43,11 @@ from typing import Callable
 
 import numpy as np
 
-REMEDIES = ("select", "prune", "relabel", "relabel-other", "weight", "semi", "gce")
+REMEDIES = ("select", "prune", "relabel", "relabel-other", "relabel-agreed", "weight", "semi", "gce")
 #: the remedies that read the out-of-sample probabilities (the audit computes them when asked for one)
-NEEDS_OOS = ("select", "relabel", "relabel-other")
+NEEDS_OOS = ("select", "relabel", "relabel-other", "relabel-agreed")
+#: the remedies that also read a label-free second opinion (``second`` of :func:`train_with_remedy`)
+NEEDS_SECOND_OPINION = ("relabel-agreed",)
 #: what ``winnow run`` does with the flags unless ``--remedy`` says otherwise. ``prune``, not
 #: ``select``: on the 8-seed remedy table (docs/remedies.md) ``select`` recovered less of the gap
 #: than ``prune`` on 4 of 6 synthetic settings and led on one, did not keep every seed at or above
@@ -151,6 +158,44 @@ def relabel_other(labels, flags, probs) -> TrainingPlan:
     others[np.arange(len(labels)), labels] = -np.inf
     new = np.where(flags, others.argmax(1), labels)
     return TrainingPlan(np.arange(len(labels)), new, int(flags.sum()), 0)
+
+
+def relabel_agreed(labels, flags, probs, second) -> TrainingPlan:
+    """Flagged rows take the class that both opinions rank first among the classes other than the
+    given one; the flagged rows they disagree on are dropped; unflagged rows keep their label.
+
+    A flag says "this label is wrong"; each opinion's runner-up is its guess of the true class.
+    One model's guess fails where that model learned the mistake (instance-dependent and human
+    noise flip to the class a sample resembles); two opinions that learned from different things
+    (a trained model's out-of-sample folds, a linear probe on label-free features) rarely agree on
+    the same wrong class, so agreement is the evidence to relabel on, and disagreement falls back
+    to pruning.
+
+    Parameters
+    ----------
+    labels : shape (n,), int
+    flags : shape (n,), bool
+    probs : shape (n, C) — out-of-sample probabilities
+    second : shape (n, C) — the second opinion's class scores (higher = more likely; any scale)
+    """
+    labels, flags, probs = _check(labels, flags, probs)
+    second = np.asarray(second, dtype=np.float64)
+    if second.shape != probs.shape:
+        raise ValueError(f"second must have the shape of probs {probs.shape}, got {second.shape}")
+    if not np.all(np.isfinite(second)):
+        raise ValueError("second must be finite")
+    if probs.shape[1] < 2:
+        raise ValueError("relabel-agreed needs at least 2 classes")
+    rows = np.arange(len(labels))
+    guesses = []
+    for scores in (probs.copy(), second.copy()):
+        scores[rows, labels] = -np.inf
+        guesses.append(scores.argmax(1))
+    change = flags & (guesses[0] == guesses[1])
+    keep = ~flags | change
+    new = np.where(change, guesses[0], labels)
+    kept = np.flatnonzero(keep)
+    return TrainingPlan(kept, new[kept], int(change.sum()), int((~keep).sum()))
 
 
 def weight(labels, flags, seed: int, suspect_weight: float = 0.25) -> TrainingPlan:
@@ -319,7 +364,8 @@ class RemedyOutcome:
 
 
 def train_with_remedy(remedy: str, labels, flags, probs, seed: int, train_fn: TrainFn,
-                      predict_fn: PredictFn, rows=None, folds=None, train_final: bool = True) -> RemedyOutcome:
+                      predict_fn: PredictFn, rows=None, folds=None, train_final: bool = True,
+                      second=None) -> RemedyOutcome:
     """Apply ``remedy`` (one of :data:`REMEDIES`, or ``none``) to the flagged samples and train.
 
     Parameters
@@ -338,6 +384,8 @@ def train_with_remedy(remedy: str, labels, flags, probs, seed: int, train_fn: Tr
         the ``none`` candidate's cross-validated prediction and ``none`` is not retrained
     train_final : bool — ``select`` only: False stops after the choice (``model`` None), for a
         caller that has already trained every candidate on all rows (the benchmark)
+    second : shape (n, C), optional — ``relabel-agreed``'s second opinion (class scores of the
+        whole training set, e.g. ``scorers.label_free.cross_fitted_probe``)
     """
     if remedy not in REMEDIES + ("none",):
         raise ValueError(f"unknown remedy {remedy!r}; choose one of {', '.join(REMEDIES + ('none',))}")
@@ -382,6 +430,10 @@ def train_with_remedy(remedy: str, labels, flags, probs, seed: int, train_fn: Tr
         if p is None:
             raise ValueError("remedy 'relabel-other' needs the out-of-sample probabilities")
         local = relabel_other(y, f, p)
+    elif remedy == "relabel-agreed":
+        if p is None or second is None:
+            raise ValueError("remedy 'relabel-agreed' needs the out-of-sample probabilities and a second opinion")
+        local = relabel_agreed(y, f, p, np.asarray(second)[subset])
     elif remedy == "weight":
         local = weight(y, f, seed)
     else:  # semi: a model on the unflagged rows pseudo-labels the flagged ones

@@ -217,6 +217,25 @@ def rank_flags(scores: dict[str, np.ndarray], primary: str, k: int) -> tuple[np.
     return ranks[primary] <= k, ranks
 
 
+def suggestion_probs(oos: np.ndarray, second: np.ndarray | None = None) -> np.ndarray:
+    """What a flagged row's suggested label is the argmax of: the out-of-sample probabilities,
+    averaged with the label-free second opinion (``scorers.label_free.second_opinion``) when there
+    is one. On the flagged rows of the benchmark cells the average named the true class more often
+    than the folds alone (``benchmarks/remedies_eval.py suggestions``, docs/remedies.md).
+
+    Parameters
+    ----------
+    oos, second : shape (n, C), rows summing to 1
+    """
+    oos = np.asarray(oos, dtype=np.float64)
+    if second is None:
+        return oos
+    second = np.asarray(second, dtype=np.float64)
+    if second.shape != oos.shape:
+        raise ValueError(f"second must have the shape of oos {oos.shape}, got {second.shape}")
+    return (oos + second) / 2
+
+
 def flagged_rows(train: Dataset, chosen: np.ndarray, oos: np.ndarray, scores: dict, ranks: dict, primary: str,
                   batch_id: str, run_id: str = "") -> pd.DataFrame:
     """Queue rows for the flagged samples of ``train``, most suspicious first.
@@ -228,7 +247,8 @@ def flagged_rows(train: Dataset, chosen: np.ndarray, oos: np.ndarray, scores: di
     chosen : np.ndarray, shape (n,), bool
         Which of them to queue.
     oos : np.ndarray, shape (n, C)
-        Out-of-sample probabilities: the suggested label is their argmax.
+        Class probabilities no model fitted on the row's own label: the suggested label is their
+        argmax (the real audit averages the out-of-sample folds' with the label-free probe's).
     scores, ranks : dict of scorer -> np.ndarray, shape (n,)
         Every scorer's score and rank (1 = most suspicious); ``primary`` orders the rows.
     """

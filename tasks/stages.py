@@ -524,16 +524,33 @@ def estimate_k(oos_key: str, train_key: str, method: str | None = None) -> int:
 # ---------------------------------------------------------------- prune, retrain, oracle
 
 
+@task(name="second-opinion", cache_policy=cached("scorers.label_free"), persist_result=True)
+def second_opinion(train_key: str) -> str:
+    """A second opinion on every training row's class that learned nothing from the audited model
+    and never saw the row's own label: the label-free probe, cross-fitted
+    (``scorers.label_free.cross_fitted_probe``), as probabilities. The suggested labels of a real
+    audit average it with the out-of-sample probabilities; ``relabel-agreed`` relabels where the
+    two agree."""
+    from .scorers import label_free
+
+    ctx, data, _ = load_context(train_key)
+    probs = label_free.second_opinion(ctx.rows, np.asarray(data.noisy), ctx.num_classes, seed=ctx.train_config.seed)
+    artifacts.save_torch("second-opinion", train_key, torch.as_tensor(probs))
+    return train_key
+
+
 @task(name="retrain", cache_policy=cached("models", "remedies"), persist_result=True,
       task_run_name="retrain-{label}")
 def retrain(train_key: str, label: str, score_key: str | None, k: int, clean: bool = False,
-            remedy: str = "prune", oos_key: str | None = None) -> dict:
+            remedy: str = "prune", oos_key: str | None = None, second_key: str | None = None) -> dict:
     """Act on the top-``k`` of a score table (or nothing) and retrain the same recipe.
 
-    ``remedy`` (:data:`winnow.tasks.remedies.REMEDIES`): ``select`` (the default of ``winnow run``)
-    picks among no change, ``prune``, ``relabel`` and ``gce`` by cross-validated accuracy on the
+    ``remedy`` (:data:`winnow.tasks.remedies.REMEDIES`; ``winnow run``'s default is
+    :data:`~winnow.tasks.remedies.DEFAULT_REMEDY`): ``select`` picks among no change, ``prune``, ``relabel`` and ``gce`` by cross-validated accuracy on the
     given labels (needs ``oos_key``: the out-of-sample pass is its no-change candidate); ``prune``
     drops the flagged rows; ``relabel`` gives them the out-of-sample consensus (needs ``oos_key``);
+    ``relabel-agreed`` gives them the class the out-of-sample folds and the label-free probe agree
+    on and drops the rest (needs ``oos_key`` and ``second_key``, :func:`second_opinion`);
     ``weight`` draws them less often; ``semi`` lets a model trained on the unflagged rows
     pseudo-label them; ``gce`` retrains on every row with the generalized cross-entropy.
     ``clean=True`` trains on the original labels (the oracle); ``score_key=None`` with ``k=0`` is
@@ -545,6 +562,8 @@ def retrain(train_key: str, label: str, score_key: str | None, k: int, clean: bo
         raise ValueError(f"unknown remedy {remedy!r}; choose one of {', '.join(remedies.REMEDIES)}")
     if remedy in remedies.NEEDS_OOS and oos_key is None and score_key is not None and k > 0:
         raise ValueError(f"remedy {remedy!r} needs the out-of-sample probabilities (oos_key)")
+    if remedy in remedies.NEEDS_SECOND_OPINION and second_key is None and score_key is not None and k > 0:
+        raise ValueError(f"remedy {remedy!r} needs the label-free second opinion (second_key)")
     ctx, data, meta = load_context(train_key)
     flags = np.zeros(ctx.n, dtype=bool)
     if score_key is not None and k > 0:
@@ -554,6 +573,8 @@ def retrain(train_key: str, label: str, score_key: str | None, k: int, clean: bo
     if not flags.any() and remedy != "gce":
         remedy = "prune"  # nothing flagged: every flag-based remedy is the plain retrain
     probs = artifacts.load_torch("oos", oos_key).numpy() if oos_key is not None and remedy in remedies.NEEDS_OOS else None
+    second = (artifacts.load_torch("second-opinion", second_key).numpy()
+              if second_key is not None and remedy in remedies.NEEDS_SECOND_OPINION else None)
 
     def train_fn(rows, labels, loss_fn):
         return ctx.train(ctx.rows.subset(rows), torch.as_tensor(labels), keep_checkpoints=False, loss_fn=loss_fn).model
@@ -562,7 +583,7 @@ def retrain(train_key: str, label: str, score_key: str | None, k: int, clean: bo
         return torch.softmax(predict_logits(model, ctx.rows.subset(rows)), 1).double().numpy()
 
     outcome = remedies.train_with_remedy(remedy, y, flags, probs, ctx.train_config.seed, train_fn, predict_fn,
-                                         folds=ctx.folds() if remedy == "select" else None)
+                                         folds=ctx.folds() if remedy == "select" else None, second=second)
     plan = outcome.plan
     keep = np.zeros(ctx.n, dtype=bool)
     keep[plan.rows] = True

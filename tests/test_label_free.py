@@ -126,6 +126,53 @@ def test_label_free_views_past_the_fit_sample_stream_rows_and_still_find_flips(m
     np.testing.assert_array_equal(probe_only["probe"], streamed["probe"])
 
 
+def test_cross_fitted_probe_scores_each_row_without_its_label_and_names_the_true_class(monkeypatch):
+    from winnow.tasks.models.rows import Rows
+    from winnow.tasks.scorers.label_free import cross_fitted_probe
+
+    rng = np.random.default_rng(5)
+    centres = rng.normal(scale=4, size=(3, 10))
+    truth = rng.integers(0, 3, 600)
+    x = (centres[truth] + rng.normal(size=(600, 10))).astype(np.float32)
+    given = truth.copy()
+    flipped = rng.choice(600, 60, replace=False)
+    given[flipped] = (given[flipped] + 1) % 3
+    scores = cross_fitted_probe(x, given, 3, seed=1)
+    assert scores.shape == (600, 3) and np.isfinite(scores).all()
+    assert (scores[flipped].argmax(1) == truth[flipped]).mean() > 0.95  # out of fold: not the given label
+    # a row's own label never reaches the probe that scores it
+    other = given.copy()
+    other[7] = (other[7] + 1) % 3
+    np.testing.assert_allclose(cross_fitted_probe(x, other, 3, seed=1)[7], scores[7], rtol=1e-10, atol=1e-12)
+    # past the fit sample: the sample is cross-fitted, the rest streamed through the probe fitted on it
+    monkeypatch.setattr(label_free, "PROBE_FIT_ROWS", 200)
+    streamed = cross_fitted_probe(Rows(torch.as_tensor(x)), given, 3, seed=1, block=64)
+    assert (streamed[flipped].argmax(1) == truth[flipped]).mean() > 0.95
+    with pytest.raises(ValueError, match="folds must be at least 2"):
+        cross_fitted_probe(x, given, 3, folds=1)
+
+
+def test_probe_probabilities_fit_the_temperature_the_given_labels_support():
+    from winnow.tasks.scorers.label_free import probe_probabilities
+
+    rng = np.random.default_rng(8)
+    labels = rng.integers(0, 4, 3000)
+    scores = rng.normal(size=(3000, 4)) * 0.1
+    scores[np.arange(3000), labels] += 0.15  # least-squares-sized margins
+    p = probe_probabilities(scores, labels)
+    np.testing.assert_allclose(p.sum(1), 1.0)
+    np.testing.assert_array_equal(p.argmax(1), scores.argmax(1))  # a temperature keeps each row's order
+    # the fitted temperature beats a much colder and a much hotter one on the labels' likelihood
+    def nll(beta):
+        z = scores * beta
+        z = z - z.max(1, keepdims=True)
+        return -(z - np.log(np.exp(z).sum(1, keepdims=True)))[np.arange(3000), labels].mean()
+    fitted = -np.log(p[np.arange(3000), labels]).mean()
+    assert fitted <= min(nll(1.0), nll(200.0)) and fitted == pytest.approx(min(nll(b) for b in np.geomspace(1, 200, 400)), abs=1e-3)
+    with pytest.raises(ValueError, match="labels must lie in"):
+        probe_probabilities(scores, labels + 4)
+
+
 def test_rows_wider_than_the_probe_takes_are_projected_not_solved_whole():
     from winnow.tasks.scorers.label_free import MAX_WIDTH, fit_encoder
 

@@ -171,6 +171,45 @@ def test_relabel_other_names_the_runner_up_class_of_flagged_rows_only():
         remedies.relabel_other(labels, flags, probs[:2])
 
 
+def test_relabel_agreed_relabels_where_both_runner_ups_agree_and_drops_the_other_flags():
+    labels = np.array([0, 1, 2, 0, 1])
+    flags = np.array([True, True, True, False, False])
+    probs = np.array([[0.6, 0.1, 0.3], [0.2, 0.7, 0.1], [0.5, 0.1, 0.4], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4]])
+    # the second opinion's scale does not matter, only its order among the other classes
+    second = np.array([[9.0, -1.0, 2.0], [5.0, 0.0, 6.0], [-2.0, -3.0, 7.0], [0.0, 0.0, 1.0], [1.0, 1.0, 1.0]])
+    plan = remedies.relabel_agreed(labels, flags, probs, second)
+    # row 0: both put class 2 first after the given 0 -> relabelled; row 1: 0 vs 2 -> dropped;
+    # row 2: both say 0 (the given 2 excluded) -> relabelled; rows 3-4 unflagged keep their labels
+    assert plan.rows.tolist() == [0, 2, 3, 4] and plan.labels.tolist() == [2, 0, 0, 1]
+    assert plan.changed == 2 and plan.dropped == 1
+    with pytest.raises(ValueError, match="second must have the shape"):
+        remedies.relabel_agreed(labels, flags, probs, second[:, :2])
+    with pytest.raises(ValueError, match="second must be finite"):
+        remedies.relabel_agreed(labels, flags, probs, np.where(second > 8, np.nan, second))
+    with pytest.raises(ValueError, match="needs the out-of-sample probabilities and a second opinion"):
+        remedies.train_with_remedy("relabel-agreed", labels, flags, probs, 0, None, None)
+
+
+def test_relabel_agreed_on_real_digits_gives_flipped_labels_back_their_true_class():
+    """Digits with 20% symmetric noise, flags = the truly flipped rows: the out-of-sample folds of
+    a real MLP and the label-free probe, cross-fitted, agree on most of them, and where they agree
+    they name the true class."""
+    from helpers import noisy_digits_context
+    from winnow.tasks.scorers.label_free import cross_fitted_probe
+
+    ctx, y_noisy, y_true = noisy_digits_context(0, epochs=6, train=False)
+    probs = np.asarray(ctx.out_of_sample_probs())
+    second = cross_fitted_probe(ctx.x.numpy(), y_noisy, 10, seed=0)
+    assert second.shape == (len(y_noisy), 10)
+    flags = y_noisy != y_true
+    plan = remedies.relabel_agreed(y_noisy, flags, probs, second)
+    new = plan.labels[np.isin(plan.rows, np.flatnonzero(flags))]
+    right = new == y_true[plan.rows[np.isin(plan.rows, np.flatnonzero(flags))]]
+    assert plan.changed > 0.6 * flags.sum() and right.mean() > 0.9
+    unflagged = ~flags[plan.rows]
+    np.testing.assert_array_equal(plan.labels[unflagged], y_noisy[plan.rows][unflagged])
+
+
 def test_choose_on_holdout_with_folds_needs_every_fold_to_agree():
     rng = np.random.default_rng(0)
     base = rng.random(600) < 0.5

@@ -277,6 +277,34 @@ def _finite(block: np.ndarray) -> np.ndarray:
     return block
 
 
+def _checked(x, labels, num_classes: int) -> np.ndarray:
+    labels = np.asarray(labels)
+    n = len(labels)
+    if len(x) != n:
+        raise ValueError(f"x has {len(x)} rows but labels has {n}")
+    if n < 3 or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() >= num_classes:
+        raise ValueError(f"labels must be at least 3 integers in [0, {num_classes}), got {n} of dtype {labels.dtype}")
+    if len(np.unique(labels)) < 2:
+        raise ValueError("labels must hold at least two classes")
+    return labels
+
+
+def _fitted_space(x, labels: np.ndarray, num_classes: int, seed: int, block: int):
+    """The label-free space fitted on (a class-stratified sample of at most :data:`PROBE_FIT_ROWS`
+    of) the rows: ``(encode, mean, scale, fit rows, their standardised features)``."""
+    from .neighbors import reference_rows
+
+    fit = reference_rows(labels, num_classes, cap=PROBE_FIT_ROWS, seed=seed, k=1)
+    # the encoder sees at most ENCODER_FIT_ROWS rows (all of them up to that: the dictionary then
+    # samples its patches exactly as from the whole set); the fit rows are encoded a block at a time
+    few = fit if len(fit) <= ENCODER_FIT_ROWS else np.sort(
+        np.random.default_rng(seed).choice(fit, ENCODER_FIT_ROWS, replace=False))
+    encode = fit_encoder(_finite(_take(x, few)), seed)
+    fitted = np.concatenate([encode(_finite(_take(x, fit[i:i + block]))) for i in range(0, len(fit), block)])
+    mean, scale = fitted.mean(0), fitted.std(0) + 1e-6
+    return encode, mean, scale, fit, (fitted - mean) / scale
+
+
 def label_free_views(x, labels: np.ndarray, num_classes: int, seed: int = 0, k: int = VOTE_K,
                      block: int = 4096, vote: bool = True) -> dict[str, np.ndarray]:
     """The two label-free views of a training set: the probe's doubt and the k-NN vote's disagreement.
@@ -302,24 +330,10 @@ def label_free_views(x, labels: np.ndarray, num_classes: int, seed: int = 0, k: 
     """
     from .neighbors import knn_votes, label_disagreement, reference_rows, reference_size
 
-    labels = np.asarray(labels)
+    labels = _checked(x, labels, num_classes)
     n = len(labels)
-    if len(x) != n:
-        raise ValueError(f"x has {len(x)} rows but labels has {n}")
-    if n < 3 or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() >= num_classes:
-        raise ValueError(f"labels must be at least 3 integers in [0, {num_classes}), got {n} of dtype {labels.dtype}")
-    if len(np.unique(labels)) < 2:
-        raise ValueError("labels must hold at least two classes")
     k = min(k, n - 2)
-    fit = reference_rows(labels, num_classes, cap=PROBE_FIT_ROWS, seed=seed, k=1)
-    # the encoder sees at most ENCODER_FIT_ROWS rows (all of them up to that: the dictionary then
-    # samples its patches exactly as from the whole set); the fit rows are encoded a block at a time
-    few = fit if len(fit) <= ENCODER_FIT_ROWS else np.sort(
-        np.random.default_rng(seed).choice(fit, ENCODER_FIT_ROWS, replace=False))
-    encode = fit_encoder(_finite(_take(x, few)), seed)
-    fitted = np.concatenate([encode(_finite(_take(x, fit[i:i + block]))) for i in range(0, len(fit), block)])
-    mean, scale = fitted.mean(0), fitted.std(0) + 1e-6
-    fitted = (fitted - mean) / scale
+    encode, mean, scale, fit, fitted = _fitted_space(x, labels, num_classes, seed, block)
     weights, bias = ridge_probe(fitted, labels[fit], num_classes)
     if len(fit) == n:  # every row fitted: one encoding serves the probe and an exact vote
         out = {"probe": probe_doubt(fitted, labels, weights, bias)}
@@ -343,3 +357,89 @@ def label_free_views(x, labels: np.ndarray, num_classes: int, seed: int = 0, k: 
             votes = knn_votes(feats @ basis, reference, labels[ref], num_classes, k=k, self_rows=own[rows])
             out["knn"][rows] = label_disagreement(votes, labels[rows])
     return out
+
+
+#: folds of the cross-fitted probe (:func:`cross_fitted_probe`)
+PROBE_FOLDS = 5
+
+
+def cross_fitted_probe(x, labels: np.ndarray, num_classes: int, seed: int = 0, folds: int = PROBE_FOLDS,
+                       block: int = 4096) -> np.ndarray:
+    """The probe's class scores for every row from a probe that did not fit that row: a second
+    opinion on the true class that neither saw the row's label nor learned from the audited model.
+
+    The fit rows (all rows up to :data:`PROBE_FIT_ROWS`, else a class-stratified sample) are split
+    into ``folds`` seeded folds and each fold is scored by the probe fitted on the others; the rows
+    outside the sample are scored by the probe fitted on all of it, ``block`` at a time.
+
+    Parameters
+    ----------
+    x : shape (n, ...) — a tensor, an array or streamed :class:`~winnow.tasks.models.rows.Rows`
+    labels : shape (n,), int in [0, num_classes) — the given labels
+    folds : int, at least 2
+
+    Returns
+    -------
+    np.ndarray, shape (n, num_classes), float64 — higher = more likely (least-squares scores, not
+    probabilities)
+    """
+    labels = _checked(x, labels, num_classes)
+    if folds < 2:
+        raise ValueError(f"folds must be at least 2, got {folds}")
+    n = len(labels)
+    encode, mean, scale, fit, fitted = _fitted_space(x, labels, num_classes, seed, block)
+    if len(fit) < folds:
+        raise ValueError(f"need at least {folds} rows for {folds} folds, got {len(fit)}")
+    scores = np.empty((n, num_classes))
+    fold_of = np.random.default_rng(seed + 1).permutation(len(fit)) % folds
+    for f in range(folds):
+        held = fold_of == f
+        weights, bias = ridge_probe(fitted[~held], labels[fit[~held]], num_classes)
+        scores[fit[held]] = fitted[held] @ weights + bias
+    if len(fit) < n:
+        weights, bias = ridge_probe(fitted, labels[fit], num_classes)
+        rest = np.setdiff1d(np.arange(n), fit)
+        for start in range(0, len(rest), block):
+            rows = rest[start:start + block]
+            scores[rows] = ((encode(_finite(_take(x, rows))) - mean) / scale) @ weights + bias
+    return scores
+
+
+def probe_probabilities(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The probe's class scores as probabilities: a softmax at the temperature under which the
+    given labels are most likely (one scalar, fitted by maximum likelihood; least-squares scores
+    have no scale of their own).
+
+    Parameters
+    ----------
+    scores : shape (n, C) — e.g. :func:`cross_fitted_probe`
+    labels : shape (n,), int in [0, C) — the given labels
+
+    Returns
+    -------
+    np.ndarray, shape (n, C), float64, rows summing to 1
+    """
+    from scipy.optimize import minimize_scalar
+
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels)
+    if scores.ndim != 2 or len(scores) != len(labels) or not np.isfinite(scores).all():
+        raise ValueError(f"scores must be finite with shape (n, C) and n = {len(labels)}, got {scores.shape}")
+    if len(labels) and (labels.min() < 0 or labels.max() >= scores.shape[1]):
+        raise ValueError(f"labels must lie in [0, {scores.shape[1]})")
+    shifted = scores - scores.max(1, keepdims=True)
+    rows = np.arange(len(labels))
+
+    def log_softmax(log_beta):
+        z = shifted * np.exp(log_beta)
+        return z - np.log(np.exp(z).sum(1, keepdims=True))
+
+    best = minimize_scalar(lambda b: -log_softmax(b)[rows, labels].mean(), bounds=(-5.0, 8.0), method="bounded").x
+    return np.exp(log_softmax(best))
+
+
+def second_opinion(x, labels: np.ndarray, num_classes: int, seed: int = 0) -> np.ndarray:
+    """:func:`cross_fitted_probe` as :func:`probe_probabilities`: shape (n, num_classes), float64.
+    What the real audit's suggested labels and ``relabel-agreed`` add to the out-of-sample folds."""
+    labels = _checked(x, labels, num_classes)
+    return probe_probabilities(cross_fitted_probe(x, labels, num_classes, seed=seed), labels)
