@@ -364,6 +364,22 @@ def cmd_report(args) -> int:
         testable = "" if gaps.mean() > 2 * se else " (untestable)"
         print(f"| {s} | {len(rs)} | {prec} | {_ms([r['noisy'] for r in rs])} | {_ms([r['oracle'] for r in rs])} | "
               f"{gaps.mean():+.3f} ± {se:.3f}{testable} | " + " | ".join(cols) + " |")
+    if args.paired:
+        a, b = args.paired
+        print(f"\nPaired per cell: test accuracy of `{a}` minus `{b}` (same cell, flags, recipe and seed), mean ± "
+              f"standard error over the seeds both ran on, and on how many seeds `{a}` was ahead\n")
+        print("| setting | seeds | difference | ahead |\n|---|---|---|---|")
+        pooled = []
+        for s in sorted(table):
+            d = np.array([r[key][a]["acc"] - r[key][b]["acc"] for r in table[s] if a in r[key] and b in r[key]])
+            if d.size:
+                pooled += list(d)
+                se = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
+                print(f"| {s} | {len(d)} | {d.mean():+.4f} ± {se:.4f} | {int((d > 0).sum())} of {len(d)} |")
+        if pooled:
+            d = np.array(pooled)
+            print(f"| **every cell** | {len(d)} | {d.mean():+.4f} ± {d.std(ddof=1) / np.sqrt(len(d)):.4f} | "
+                  f"{int((d > 0).sum())} of {len(d)} |")
     relabels = [n for n in names if any("changed_right" in r[key].get(n, {}) and r[key][n]["changed"]
                                         for rs in table.values() for r in rs)]
     if relabels:
@@ -456,6 +472,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="data/real_noise")
     p.add_argument("--detector", default=DETECTOR)
     p.add_argument("--estimator", default=noise_rate.RECOMMENDED, choices=noise_rate.ESTIMATORS)
+    p.add_argument("--paired", nargs=2, metavar=("A", "B"), help="also the per-cell difference of remedy A minus B")
     args = ap.parse_args(argv)
     return {"remedies": cmd_remedies, "estimators": cmd_estimators, "inject": cmd_inject, "report": cmd_report,
             "suggestions": cmd_suggestions}[args.cmd](args)

@@ -154,10 +154,15 @@ def relabel_other(labels, flags, probs) -> TrainingPlan:
     labels, flags, probs = _check(labels, flags, probs)
     if probs.shape[1] < 2:
         raise ValueError("relabel-other needs at least 2 classes")
-    others = probs.copy()
-    others[np.arange(len(labels)), labels] = -np.inf
-    new = np.where(flags, others.argmax(1), labels)
+    new = np.where(flags, _best_other(probs, labels), labels)
     return TrainingPlan(np.arange(len(labels)), new, int(flags.sum()), 0)
+
+
+def _best_other(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Each row's highest-scoring class other than its given label: shape (n,)."""
+    others = np.array(scores, dtype=np.float64)
+    others[np.arange(len(labels)), labels] = -np.inf
+    return others.argmax(1)
 
 
 def relabel_agreed(labels, flags, probs, second) -> TrainingPlan:
@@ -186,14 +191,10 @@ def relabel_agreed(labels, flags, probs, second) -> TrainingPlan:
         raise ValueError("second must be finite")
     if probs.shape[1] < 2:
         raise ValueError("relabel-agreed needs at least 2 classes")
-    rows = np.arange(len(labels))
-    guesses = []
-    for scores in (probs.copy(), second.copy()):
-        scores[rows, labels] = -np.inf
-        guesses.append(scores.argmax(1))
-    change = flags & (guesses[0] == guesses[1])
+    guess = _best_other(probs, labels)
+    change = flags & (guess == _best_other(second, labels))
     keep = ~flags | change
-    new = np.where(change, guesses[0], labels)
+    new = np.where(change, guess, labels)
     kept = np.flatnonzero(keep)
     return TrainingPlan(kept, new[kept], int(change.sum()), int((~keep).sum()))
 

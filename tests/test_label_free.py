@@ -101,16 +101,23 @@ def test_label_free_views_find_flipped_images_that_pixels_hide():
     assert roc_auc_score(wrong, raw["probe"]) < 0.8
 
 
+def _three_blobs(n: int, seed: int):
+    """n 10-d rows of three well-separated Gaussian classes, 10% of their labels moved to the next
+    class: (x, truth, given, flipped rows)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(scale=4, size=(3, 10))
+    truth = rng.integers(0, 3, n)
+    x = (centres[truth] + rng.normal(size=(n, 10))).astype(np.float32)
+    given = truth.copy()
+    flipped = rng.choice(n, n // 10, replace=False)
+    given[flipped] = (given[flipped] + 1) % 3
+    return x, truth, given, flipped
+
+
 def test_label_free_views_past_the_fit_sample_stream_rows_and_still_find_flips(monkeypatch):
     from winnow.tasks.models.rows import Rows
 
-    rng = np.random.default_rng(4)
-    centres = rng.normal(scale=4, size=(3, 10))
-    truth = rng.integers(0, 3, 900)
-    x = (centres[truth] + rng.normal(size=(900, 10))).astype(np.float32)
-    given = truth.copy()
-    flipped = rng.choice(900, 90, replace=False)
-    given[flipped] = (given[flipped] + 1) % 3
+    x, truth, given, _ = _three_blobs(900, seed=4)
     exact = label_free_views(x, given, 3)
     monkeypatch.setattr(label_free, "PROBE_FIT_ROWS", 300)  # fitted on 300 rows, 900 streamed 128 at a time
     monkeypatch.setattr(label_free, "VOTE_DIMENSIONS", 4)
@@ -130,13 +137,7 @@ def test_cross_fitted_probe_scores_each_row_without_its_label_and_names_the_true
     from winnow.tasks.models.rows import Rows
     from winnow.tasks.scorers.label_free import cross_fitted_probe
 
-    rng = np.random.default_rng(5)
-    centres = rng.normal(scale=4, size=(3, 10))
-    truth = rng.integers(0, 3, 600)
-    x = (centres[truth] + rng.normal(size=(600, 10))).astype(np.float32)
-    given = truth.copy()
-    flipped = rng.choice(600, 60, replace=False)
-    given[flipped] = (given[flipped] + 1) % 3
+    x, truth, given, flipped = _three_blobs(600, seed=5)
     scores = cross_fitted_probe(x, given, 3, seed=1)
     assert scores.shape == (600, 3) and np.isfinite(scores).all()
     assert (scores[flipped].argmax(1) == truth[flipped]).mean() > 0.95  # out of fold: not the given label
