@@ -46,7 +46,7 @@ from winnow.tasks.models.training import accuracy, predict_logits, train_model
 from winnow.tasks.scorers import TrainingContext, get_scorer
 from winnow.tasks.scorers.dynamics import area_under_margin
 from winnow.tasks.scorers.ensemble import rank_average
-from winnow.tasks.scorers.neighbors import knn_votes, label_disagreement, neighbour_votes, out_of_sample_views
+from winnow.tasks.scorers.neighbors import label_disagreement, neighbour_votes, out_of_sample_views
 from winnow.tasks.stages import default_config
 
 DEFAULT_SETTINGS = [

@@ -429,7 +429,8 @@ def cmd_suggestions(args) -> int:
             right = p.argmax(1) == y_true
             table[info["setting"]][f"{name}|flagged"].append(right[flags].mean() if flags.any() else np.nan)
             table[info["setting"]][f"{name}|wrong"].append(right[wrong].mean() if wrong.any() else np.nan)
-        print(f"# {js.stem}", file=sys.stderr, flush=True)
+        print(f"# {js.stem}: " + ", ".join(f"{c} {v[-1]:.3f}" for c, v in table[info["setting"]].items()),
+              file=sys.stderr, flush=True)
     cols = ["folds|flagged", "folds+probe|flagged", "folds|wrong", "folds+probe|wrong"]
     print(f"Suggested label = true class, on the top k̂ of `{args.detector}` (k̂ = `{args.estimator}`): mean ± std "
           "over seeds\n")

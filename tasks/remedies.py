@@ -24,7 +24,7 @@ input is still useful). The alternatives keep the inputs:
   intermediate model; :func:`pseudo_label_plan` turns its probabilities into the plan.
 * ``gce`` — keep every row and label, retrain with the generalized cross-entropy (Zhang &
   Sabuncu 2018), a loss bounded per sample, so wrong labels pull less (ignores the flags).
-* ``select`` (the default) — the safeguard: split the rows into :data:`SELECT_FOLDS` folds; for each
+* ``select`` — the safeguard: split the rows into :data:`SELECT_FOLDS` folds; for each
   fold train ``none`` (no change) and each of :data:`SELECT_CANDIDATES` on the other folds and
   predict the held-out one; keep the candidate with the best accuracy on the held-out *given*
   labels, and fall back to ``none`` unless it beats ``none`` by more than one standard error of
