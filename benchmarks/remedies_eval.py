@@ -42,7 +42,8 @@ from real_noise import _ms, derived_scores, load_setting, recipe, write_json, wr
 from winnow.tasks import noise_rate, remedies  # noqa: E402
 from winnow.tasks.models.nets import build_model  # noqa: E402
 from winnow.tasks.models.training import accuracy, predict_logits, train_model  # noqa: E402
-from winnow.tasks.scorers.label_free import cross_fitted_probe  # noqa: E402
+from winnow.tasks.review import suggestion_probs  # noqa: E402
+from winnow.tasks.scorers import label_free  # noqa: E402
 
 #: the remedies measured by default: every selectable one plus pruning k random samples (the floor)
 REMEDIES = ["select", "prune", "relabel", "relabel-other", "relabel-agreed", "weight", "semi", "gce", "prune-random"]
@@ -156,7 +157,8 @@ def cmd_remedies(args) -> int:
                 done[name] = {"applied": outcome.applied, "holdout": outcome.holdout_accuracy,
                               "seconds": time.perf_counter() - t0}
             else:
-                second = (cross_fitted_probe(x.numpy(), y_given, 10, seed=seed)
+                # what the audit's `second-opinion` stage gives the retrain
+                second = (label_free.second_opinion(x.numpy(), y_given, 10, seed=seed)
                           if name in remedies.NEEDS_SECOND_OPINION else None)
                 outcome = remedies.train_with_remedy(name, y_given, flags, probs, seed, train_fn, predict_fn,
                                                      second=second)
@@ -206,19 +208,9 @@ def cmd_inject(args) -> int:
 
 
 def temperature_scaled(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    """``probs`` re-tempered by the T that minimises their NLL against the given labels (bounded 0.05–20)."""
-    from scipy.optimize import minimize_scalar
-
-    logp = np.log(np.clip(probs, 1e-12, 1.0))
-
-    def tempered(t):
-        z = logp / t
-        z = z - z.max(1, keepdims=True)
-        return z - np.log(np.exp(z).sum(1, keepdims=True))
-
-    t = minimize_scalar(lambda t: -tempered(t)[np.arange(len(labels)), labels].mean(), bounds=(0.05, 20),
-                        method="bounded").x
-    return np.exp(tempered(t))
+    """``probs`` re-tempered by the temperature that minimises their NLL against the given labels
+    (the probe's calibration, ``label_free.probe_probabilities``, on the log-probabilities)."""
+    return label_free.probe_probabilities(np.log(np.clip(probs, 1e-12, 1.0)), labels)
 
 
 def dawid_skene_count(votes: np.ndarray, num_classes: int, iterations: int = 50) -> float:
@@ -241,16 +233,14 @@ def dawid_skene_count(votes: np.ndarray, num_classes: int, iterations: int = 50)
     return float((1.0 - post[rows, votes[:, 0]]).sum())
 
 
-def second_opinion_counts(y: np.ndarray, probs: np.ndarray, probe_scores: np.ndarray) -> dict[str, float]:
-    """Counts that add the label-free probe (cross-fitted) to the out-of-sample probabilities:
-    ``expected`` on the probe's probabilities (softmax of its scores, temperature fitted to the
-    given labels) and on their mean with the folds', and Dawid–Skene with the given label, the
+def second_opinion_counts(y: np.ndarray, probs: np.ndarray, probe: np.ndarray) -> dict[str, float]:
+    """Counts that add the label-free probe (``label_free.second_opinion``: cross-fitted, as
+    probabilities) to the out-of-sample probabilities: ``expected`` on the probe's and on their
+    mean with the folds' (``review.suggestion_probs``), and Dawid–Skene with the given label, the
     folds' argmax and the probe's argmax as three annotators."""
-    shifted = probe_scores - probe_scores.max(1, keepdims=True)
-    probe = temperature_scaled(y, np.exp(shifted) / np.exp(shifted).sum(1, keepdims=True))
     return {"expected:probe": noise_rate.expected_count(y, probe),
-            "expected:folds+probe": noise_rate.expected_count(y, (probs + probe) / 2),
-            "dawid-skene": dawid_skene_count(np.stack([y, probs.argmax(1), probe_scores.argmax(1)], 1), probs.shape[1])}
+            "expected:folds+probe": noise_rate.expected_count(y, suggestion_probs(probs, probe)),
+            "dawid-skene": dawid_skene_count(np.stack([y, probs.argmax(1), probe.argmax(1)], 1), probs.shape[1])}
 
 
 def estimator_errors(out: Path, methods=noise_rate.ESTIMATORS, second_opinion: bool = False,
@@ -267,7 +257,7 @@ def estimator_errors(out: Path, methods=noise_rate.ESTIMATORS, second_opinion: b
             errors[info["setting"]][m].append((noise_rate.estimate(y, probs, m) - k) / k)
         if second_opinion:
             x = np.asarray(_reload_cell(js, info, limit)[1][1])
-            for m, est in second_opinion_counts(y, probs, cross_fitted_probe(x, y, 10, seed=info["seed"])).items():
+            for m, est in second_opinion_counts(y, probs, label_free.second_opinion(x, y, 10, seed=info["seed"])).items():
                 errors[info["setting"]][m].append((est - k) / k)
         errors[info["setting"]]["expected-T"].append((noise_rate.expected_count(y, temperature_scaled(y, probs)) - k) / k)
         inj = js.with_name(js.name.replace(".json", ".inject.npz"))
@@ -413,8 +403,6 @@ def cmd_suggestions(args) -> int:
     probabilities (what ``stages.second_opinion`` gives the real audit now), on the top k̂ of
     ``--detector``; over every flagged row (a right suggestion for a flagged *correct* label is the
     label itself) and over the flagged rows whose label is wrong."""
-    from winnow.tasks.scorers.label_free import probe_probabilities
-
     table = defaultdict(lambda: defaultdict(list))
     for js, info in _cells(Path(args.out), args.settings, None):
         arrays, (_, x, y_given, y_true, _, _, _), _ = _reload_cell(js, info, args.limit)
@@ -423,9 +411,9 @@ def cmd_suggestions(args) -> int:
         flags = np.zeros(len(y_given), dtype=bool)
         flags[np.argsort(-detector_scores(arrays, args.detector, torch.as_tensor(x), y_given, info["seed"]),
                          kind="stable")[:k]] = True
-        probe = probe_probabilities(cross_fitted_probe(np.asarray(x), y_given, 10, seed=info["seed"]), y_given)
+        probe = label_free.second_opinion(np.asarray(x), y_given, 10, seed=info["seed"])
         wrong = flags & (y_given != y_true)
-        for name, p in (("folds", probs), ("folds+probe", (probs + probe) / 2)):
+        for name, p in (("folds", probs), ("folds+probe", suggestion_probs(probs, probe))):
             right = p.argmax(1) == y_true
             table[info["setting"]][f"{name}|flagged"].append(right[flags].mean() if flags.any() else np.nan)
             table[info["setting"]][f"{name}|wrong"].append(right[wrong].mean() if wrong.any() else np.nan)

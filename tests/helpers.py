@@ -12,6 +12,16 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 
+def load_benchmark(name: str):
+    """``benchmarks/<name>.py`` imported as a module (the benchmarks are scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def write_idx(directory: Path, prefix: str, images: np.ndarray, labels: np.ndarray) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     n, h, w = images.shape

@@ -2,23 +2,17 @@
 injection, the trust-weighted neighbour vote, the within-class rank."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from winnow.tasks.scorers.neighbors import knn_votes
 
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "detection_views.py"
+from helpers import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def views():
-    spec = importlib.util.spec_from_file_location("detection_views", _PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("detection_views")
 
 
 def _logits(n=400, c=4, seed=0):

@@ -2,21 +2,15 @@
 estimators."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "remedies_eval.py"
+from helpers import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def remedies_eval():
-    spec = importlib.util.spec_from_file_location("remedies_eval", _PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("remedies_eval")
 
 
 def _noisy(truth, rate, rng, classes=10):

@@ -291,7 +291,8 @@ def _checked(x, labels, num_classes: int) -> np.ndarray:
 
 def _fitted_space(x, labels: np.ndarray, num_classes: int, seed: int, block: int):
     """The label-free space fitted on (a class-stratified sample of at most :data:`PROBE_FIT_ROWS`
-    of) the rows: ``(encode, mean, scale, fit rows, their standardised features)``."""
+    of) the rows: ``(features, fit rows, their features)``, where ``features(rows)`` encodes and
+    standardises any other rows of ``x``."""
     from .neighbors import reference_rows
 
     fit = reference_rows(labels, num_classes, cap=PROBE_FIT_ROWS, seed=seed, k=1)
@@ -302,7 +303,11 @@ def _fitted_space(x, labels: np.ndarray, num_classes: int, seed: int, block: int
     encode = fit_encoder(_finite(_take(x, few)), seed)
     fitted = np.concatenate([encode(_finite(_take(x, fit[i:i + block]))) for i in range(0, len(fit), block)])
     mean, scale = fitted.mean(0), fitted.std(0) + 1e-6
-    return encode, mean, scale, fit, (fitted - mean) / scale
+
+    def features(rows: np.ndarray) -> np.ndarray:
+        return (encode(_finite(_take(x, rows))) - mean) / scale
+
+    return features, fit, (fitted - mean) / scale
 
 
 def label_free_views(x, labels: np.ndarray, num_classes: int, seed: int = 0, k: int = VOTE_K,
@@ -333,7 +338,7 @@ def label_free_views(x, labels: np.ndarray, num_classes: int, seed: int = 0, k: 
     labels = _checked(x, labels, num_classes)
     n = len(labels)
     k = min(k, n - 2)
-    encode, mean, scale, fit, fitted = _fitted_space(x, labels, num_classes, seed, block)
+    features, fit, fitted = _fitted_space(x, labels, num_classes, seed, block)
     weights, bias = ridge_probe(fitted, labels[fit], num_classes)
     if len(fit) == n:  # every row fitted: one encoding serves the probe and an exact vote
         out = {"probe": probe_doubt(fitted, labels, weights, bias)}
@@ -345,13 +350,13 @@ def label_free_views(x, labels: np.ndarray, num_classes: int, seed: int = 0, k: 
     if vote:  # ``fitted`` is standardised, so centred: its principal directions are its right singular vectors
         basis = np.linalg.svd(fitted, full_matrices=False)[2][:VOTE_DIMENSIONS].T.astype(np.float32)
         ref = reference_rows(labels, num_classes, cap=max(reference_size(n), k + 1), seed=seed, k=k)
-        reference = ((encode(_take(x, ref)) - mean) / scale) @ basis
+        reference = features(ref) @ basis
         own = np.full(n, -1, dtype=np.int64)
         own[ref] = np.arange(len(ref))
     out = {"probe": np.empty(n), **({"knn": np.empty(n)} if vote else {})}
     for start in range(0, n, block):
         rows = np.arange(start, min(n, start + block))
-        feats = (encode(_finite(_take(x, rows))) - mean) / scale
+        feats = features(rows)
         out["probe"][rows] = probe_doubt(feats, labels[rows], weights, bias)
         if vote:
             votes = knn_votes(feats @ basis, reference, labels[ref], num_classes, k=k, self_rows=own[rows])
@@ -387,7 +392,7 @@ def cross_fitted_probe(x, labels: np.ndarray, num_classes: int, seed: int = 0, f
     if folds < 2:
         raise ValueError(f"folds must be at least 2, got {folds}")
     n = len(labels)
-    encode, mean, scale, fit, fitted = _fitted_space(x, labels, num_classes, seed, block)
+    features, fit, fitted = _fitted_space(x, labels, num_classes, seed, block)
     if len(fit) < folds:
         raise ValueError(f"need at least {folds} rows for {folds} folds, got {len(fit)}")
     scores = np.empty((n, num_classes))
@@ -401,7 +406,7 @@ def cross_fitted_probe(x, labels: np.ndarray, num_classes: int, seed: int = 0, f
         rest = np.setdiff1d(np.arange(n), fit)
         for start in range(0, len(rest), block):
             rows = rest[start:start + block]
-            scores[rows] = ((encode(_finite(_take(x, rows))) - mean) / scale) @ weights + bias
+            scores[rows] = features(rows) @ weights + bias
     return scores
 
 
@@ -441,5 +446,4 @@ def probe_probabilities(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
 def second_opinion(x, labels: np.ndarray, num_classes: int, seed: int = 0) -> np.ndarray:
     """:func:`cross_fitted_probe` as :func:`probe_probabilities`: shape (n, num_classes), float64.
     What the real audit's suggested labels and ``relabel-agreed`` add to the out-of-sample folds."""
-    labels = _checked(x, labels, num_classes)
-    return probe_probabilities(cross_fitted_probe(x, labels, num_classes, seed=seed), labels)
+    return probe_probabilities(cross_fitted_probe(x, labels, num_classes, seed=seed), np.asarray(labels))
