@@ -2,7 +2,7 @@
 its predecessor) on top of the training it audits, in one process, same load.
 
     python benchmarks/detector_cost.py [--settings c10n-cnn:random_label1 fmnist:instance-dependent ...]
-                                       [--seeds 0 1 2]
+                                       [--seeds 0 1 2] [--model cnn]
 
 Per setting and seed (the data and recipes of ``benchmarks/real_noise.py``): train the audited
 recipe once (timed), then score with each detector on a fresh context (so each pays for its own
@@ -38,6 +38,9 @@ def main() -> None:
                                                           "fmnist:symmetric", "digits:instance-dependent"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--limit", type=int, default=4000, help="CIFAR-10N audited images")
+    parser.add_argument("--model", choices=["cnn"],
+                        help="train this model on every image setting instead of the grid's recipe (Fashion-MNIST "
+                             "and digits train an MLP there; `winnow run --model cnn` is the CLI's model for images)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     cpu = torch.device("cpu")
@@ -46,6 +49,8 @@ def main() -> None:
         for seed in args.seeds:
             kind, x, y, _, ids, _, _ = load_setting(setting, seed, LIMITS.get(setting, args.limit))
             x = torch.as_tensor(x)
+            if args.model and x.ndim == 4:
+                kind = args.model
             cfg = recipe(setting, kind, seed)
             factory = lambda: build_model(kind, tuple(x.shape[1:]), 10)  # noqa: E731
             t0 = time.perf_counter()
@@ -57,8 +62,8 @@ def main() -> None:
                 t0 = time.perf_counter()
                 get_scorer(name)(ctx)
                 seconds[name] = time.perf_counter() - t0
-            rows.setdefault(setting, []).append({**seconds, "n": len(y)})
-            print(f"# {setting} seed {seed}: " + ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items())
+            rows.setdefault(f"{setting} ({kind})", []).append({**seconds, "n": len(y)})
+            print(f"# {setting} ({kind}) seed {seed}: " + ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items())
                   + f"; load {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)
     print("| setting | n | training s | " + " | ".join(f"`{d}` s (÷ training)" for d in DETECTORS) + " |")
     print("|---|---|---|" + "---|" * len(DETECTORS))

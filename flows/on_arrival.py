@@ -182,11 +182,14 @@ def _judge(path, stream, batch_id, accepted, names, model, config, seed, gate_cf
     # on a Dask task runner (WINNOW_WORKERS / WINNOW_DASK): folds, then scorers, side by side
     oos_key = out_of_sample(run, train_key)
     score_keys = {n: run.submit(f"score-{n}", stages.score, train_key, n, oos_key) for n in names}
+    # the suggested labels also ask the label-free probe, as the audit's do (review.suggestion_probs)
+    second_key = run.submit("second-opinion", stages.second_opinion, train_key)
     # confident learning's count, not the audit's default estimator: the gate's canary recall is
     # measured at k, and with `expected` a clean arrival counted 2-5 wrong labels for 6 canaries
     # (docs/remedies.md, benchmarks/arrival_k.py)
     k = run("estimate-k", stages.estimate_k, oos_key, train_key, "confident")
     score_keys, oos_key = {n: run.result(p) for n, p in score_keys.items()}, run.result(oos_key)
+    second = artifacts.load_torch("second-opinion", run.result(second_key)).numpy()
 
     train_rows = pool.split == "train"
     score_tables = {n: artifacts.load_frame("scores", key) for n, key in score_keys.items()}
@@ -199,7 +202,8 @@ def _judge(path, stream, batch_id, accepted, names, model, config, seed, gate_cf
              figures["canary_recall"])
 
     queue_rows = review.flagged_rows(pool.subset(train_rows), in_batch[train_rows] & ~planted[train_rows] & flagged,
-                             artifacts.load_torch("oos", oos_key).numpy(), scores, ranks, names[0], batch_id)
+                             review.suggestion_probs(artifacts.load_torch("oos", oos_key).numpy(), second), scores,
+                             ranks, names[0], batch_id)
     if not verdict.passed:
         log.error(verdict.summary())
         return _published(path, stream, batch_id, verdict, figures, flow_run_id, run, committed=False,

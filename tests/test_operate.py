@@ -5,6 +5,7 @@ import json
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from helpers import digits_parquet
@@ -74,6 +75,16 @@ def test_first_batch_passes_is_committed_queued_and_promoted(first):
     assert set(queue["status"]) == {"pending"} and set(queue["sample_id"]) <= set(samples["sample_id"])
     given = samples.set_index("sample_id").loc[queue["sample_id"], "label"].to_numpy()
     assert np.array_equal(queue["given_label"].to_numpy(), given)  # canary labels never reach the queue
+    # the suggestions ask the label-free probe too, as the audit's do: the folds' and its average
+    from winnow.tasks import artifacts, stages
+
+    train_key = lake.sql(f"SELECT train_key FROM runs WHERE run_id = '{first.run_id}'")["train_key"].item()
+    assert "second-opinion" in {r["name"] for r in first.stages}
+    pool = stages.load_context(train_key)[1].train
+    probs = review.suggestion_probs(artifacts.load_torch("oos", train_key).numpy(),
+                                    artifacts.load_torch("second-opinion", train_key).numpy())
+    at = pd.Index(pool.sample_id.astype(str)).get_indexer(queue["sample_id"])
+    assert (at >= 0).all() and np.array_equal(probs[at].argmax(1), queue["suggested_label"].to_numpy())
     assert lake.sql(f"SELECT verdict FROM arrivals WHERE batch_id = '{first.batch_id}'")["verdict"].item() == "passed"
     # MLflow: the run, its report and gate artifacts, the registered version under the alias
     client = mlflow.MlflowClient()
