@@ -46,7 +46,8 @@ from winnow.tasks.review import suggestion_probs  # noqa: E402
 from winnow.tasks.scorers import label_free  # noqa: E402
 
 #: the remedies measured by default: every selectable one plus pruning k random samples (the floor)
-REMEDIES = ["select", "prune", "relabel", "relabel-other", "relabel-agreed", "weight", "semi", "gce", "prune-random"]
+REMEDIES = ["select", "prune", "relabel", "relabel-other", "relabel-agreed", "relabel-soft", "weight", "semi", "gce",
+            "prune-random"]
 DETECTOR = "knn-aum"
 
 
@@ -163,12 +164,14 @@ def cmd_remedies(args) -> int:
                 outcome = remedies.train_with_remedy(name, y_given, flags, probs, seed, train_fn, predict_fn,
                                                      second=second)
             if name != "select":
-                changed = outcome.plan.labels != y_given[outcome.plan.rows]
+                # a soft plan (relabel-soft) counts by its targets' argmax
+                new = outcome.plan.labels if outcome.plan.labels.ndim == 1 else outcome.plan.labels.argmax(1)
+                changed = new != y_given[outcome.plan.rows]
                 done[name] = {"acc": accuracy(outcome.model, tx, ty), "applied": outcome.applied,
                               "seconds": time.perf_counter() - t0, "changed": outcome.plan.changed,
                               "dropped": outcome.plan.dropped,
                               # how many of the new labels are the true ones (read by the report only)
-                              "changed_right": int((outcome.plan.labels == y_true[outcome.plan.rows])[changed].sum())}
+                              "changed_right": int((new == y_true[outcome.plan.rows])[changed].sum())}
             write_json(res_path, res)
             print(f"# {js.stem} {name}: {done[name].get('acc', float('nan')):.3f} ({outcome.applied}) noisy {res['noisy']:.3f} "
                   f"oracle {res['oracle']:.3f}, {done[name]['seconds']:.0f}s", file=sys.stderr, flush=True)

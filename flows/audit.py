@@ -34,7 +34,7 @@ class AuditResult:
     mlflow_run_id: str
     flow_run_id: str
     params: dict
-    rows: list[dict]  # one per scorer: detection metrics + accuracy after pruning
+    rows: list[dict]  # one per scorer: detection metrics + accuracy after the remedy ("pruned_accuracy")
     accuracy: dict  # noisy / oracle test accuracy
     k: int
     k_source: str
@@ -223,10 +223,12 @@ def current_flow_run_id() -> str:
 
 
 def _markdown(rows, accuracy, k, k_source, params) -> str:
+    remedy = params.get("remedy", DEFAULT_REMEDY)
     lines = [f"### winnow audit — {params['dataset']}, {params['noise']} noise {params['rate']:.0%}, "
              f"{params['model']}, seed {params['seed']}", "",
-             f"{params['n_train']} training samples, {params['n_flipped']} flipped; pruned k = {k} ({k_source}).", "",
-             "| scorer | AUROC | AP | P@k | R@k | acc. after pruning |", "|---|---|---|---|---|---|"]
+             f"{params['n_train']} training samples, {params['n_flipped']} flipped; each scorer's top k = {k} "
+             f"({k_source}) flagged, remedy `{remedy}`.", "",
+             f"| scorer | AUROC | AP | P@k | R@k | acc. after {remedy} |", "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['scorer']} | {r['auroc']:.3f} | {r['ap']:.3f} | {r['precision_at_k']:.3f} | "
                      f"{r['recall_at_k']:.3f} | {r['pruned_accuracy']:.4f} |")

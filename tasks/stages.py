@@ -551,6 +551,7 @@ def retrain(train_key: str, label: str, score_key: str | None, k: int, clean: bo
     drops the flagged rows; ``relabel`` gives them the out-of-sample consensus (needs ``oos_key``);
     ``relabel-agreed`` gives them the class the out-of-sample folds and the label-free probe agree
     on and drops the rest (needs ``oos_key`` and ``second_key``, :func:`second_opinion`);
+    ``relabel-soft`` trains them on the average of those two opinions as soft targets (same keys);
     ``weight`` draws them less often; ``semi`` lets a model trained on the unflagged rows
     pseudo-label them; ``gce`` retrains on every row with the generalized cross-entropy.
     ``clean=True`` trains on the original labels (the oracle); ``score_key=None`` with ``k=0`` is

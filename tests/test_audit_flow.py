@@ -86,22 +86,24 @@ def test_changing_the_scorer_list_recomputes_only_scoring_and_after(first_run):
 
 
 def test_the_recommended_detector_and_a_remedy_run_by_default(first_run):
-    """No --scorers: the recommended detector comes first; --remedy relabel-agreed retrains every
-    scorer's top k with the labels the out-of-sample folds and the label-free probe agree on
-    (reusing the run's cached training; the probe is fitted in the retrain stage)."""
+    """No --scorers, no --remedy: the recommended detector comes first, and every scorer's top k is
+    retrained with the default remedy, relabel-soft: soft targets from the out-of-sample folds and
+    the label-free probe (the `second-opinion` stage), nothing dropped (reusing the run's cached
+    training)."""
     from winnow.flows.audit import audit
+    from winnow.tasks.remedies import DEFAULT_REMEDY
     from winnow.tasks.scorers.base import RECOMMENDED
 
-    result = audit(dataset="digits", noise="symmetric", rate=0.2, seed=0, model="mlp", epochs=4,
-                   remedy="relabel-agreed")
+    assert DEFAULT_REMEDY == "relabel-soft"
+    result = audit(dataset="digits", noise="symmetric", rate=0.2, seed=0, model="mlp", epochs=4)
     assert result.rows[0]["scorer"] == RECOMMENDED
-    assert result.params["remedy"] == "relabel-agreed"
+    assert result.params["remedy"] == "relabel-soft"
     status = {s["name"]: s["cached"] for s in result.stages}
-    assert status["train"] and not status[f"retrain-{RECOMMENDED}"]
+    assert status["train"] and not status[f"retrain-{RECOMMENDED}"] and "second-opinion" in status
     rows = {r["scorer"]: r for r in result.rows}
     assert rows[RECOMMENDED]["auroc"] > rows["random"]["auroc"] + 0.2
-    # the flags were mostly relabelled, not dropped (pruning would drop nearly k flipped rows)
-    assert rows[RECOMMENDED]["removed_flipped"] < 0.5 * result.k
+    # the flags were kept with soft targets, not dropped (pruning would drop nearly k flipped rows)
+    assert rows[RECOMMENDED]["removed_flipped"] == 0 and result.k > 0
     with pytest.raises(ValueError, match="--remedy"):
         audit(dataset="digits", seed=0, epochs=4, remedy="burn")
 

@@ -210,6 +210,78 @@ def test_relabel_agreed_on_real_digits_gives_flipped_labels_back_their_true_clas
     np.testing.assert_array_equal(plan.labels[unflagged], y_noisy[plan.rows][unflagged])
 
 
+def test_relabel_soft_trains_flagged_rows_on_the_average_of_both_opinions():
+    labels = np.array([0, 1, 2, 1])
+    flags = np.array([False, True, False, True])
+    probs = np.array([[0.8, 0.1, 0.1], [0.6, 0.3, 0.1], [0.1, 0.1, 0.8], [0.2, 0.2, 0.6]])
+    second = np.array([[0.3, 0.3, 0.4], [0.9, 0.05, 0.05], [0.1, 0.1, 0.8], [0.1, 0.1, 0.8]])
+    plan = remedies.relabel_soft(labels, flags, probs, second)
+    # unflagged rows: their given label, one-hot; flagged: (probs + second) / 2; nothing dropped
+    np.testing.assert_allclose(plan.labels, [[1, 0, 0], [0.75, 0.175, 0.075], [0, 0, 1], [0.15, 0.15, 0.7]])
+    assert plan.rows.tolist() == [0, 1, 2, 3] and plan.changed == 2 and plan.dropped == 0
+    np.testing.assert_allclose(remedies.relabel_soft(labels, flags, probs).labels[flags], probs[flags])
+    with pytest.raises(ValueError, match="second must be probabilities"):
+        remedies.relabel_soft(labels, flags, probs, second * 2)
+    with pytest.raises(ValueError, match="probs must be probabilities"):
+        remedies.relabel_soft(labels, flags, probs + 0.1)
+    with pytest.raises(ValueError, match="needs the out-of-sample probabilities"):
+        remedies.train_with_remedy("relabel-soft", labels, flags, None, 0, None, None)
+
+
+def test_soft_targets_train_like_hard_labels_when_one_hot_and_are_checked():
+    from winnow.tasks.models.nets import build_model
+    from winnow.tasks.models.training import TrainConfig, train_model
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 6)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64) + (x[:, 1] > 0)
+    factory = lambda: build_model("mlp", (6,), 3)  # noqa: E731
+    config = TrainConfig(epochs=3, seed=1)
+    hard = train_model(factory, x, y, config, device=torch.device("cpu")).model
+    soft = train_model(factory, x, np.eye(3)[y], config, device=torch.device("cpu")).model
+    for a, b in zip(hard.parameters(), soft.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="soft targets"):
+        train_model(factory, x, np.full((200, 3), 0.5), config, device=torch.device("cpu"))
+
+
+def test_relabel_soft_on_real_digits_beats_training_on_the_given_labels():
+    """Digits with 40% symmetric noise, flags = the truly flipped rows, soft targets from the
+    out-of-sample folds of a real MLP and the cross-fitted label-free probe: the retrained model is
+    better on the clean test split than the one trained on the given labels (+0.053 on this seed;
+    +0.022 to +0.066 on seeds 0-2 when this was written)."""
+    from winnow.tasks.data import noise
+    from winnow.tasks.data.sources import load_digits
+    from winnow.tasks.models.nets import build_model
+    from winnow.tasks.models.training import TrainConfig, accuracy, predict_logits
+    from winnow.tasks.scorers import TrainingContext
+    from winnow.tasks.scorers.label_free import second_opinion
+
+    ds = load_digits()
+    train, test = ds.split == "train", ds.split == "test"
+    x, y_true = ds.x[train], ds.label[train]
+    y_noisy = noise.symmetric(y_true, 10, 0.4, seed=0)
+    ctx = TrainingContext(x, y_noisy, 10, lambda: build_model("mlp", x.shape[1:], 10), [],
+                          TrainConfig(epochs=6, seed=0), ds.sample_id[train], device=torch.device("cpu"))
+    probs = np.asarray(ctx.out_of_sample_probs())
+    second = second_opinion(x, y_noisy, 10, seed=0)
+    flags = y_noisy != y_true
+
+    def train_fn(rows, labels, loss_fn):
+        return ctx.train(ctx.x[torch.as_tensor(rows)], torch.as_tensor(labels), keep_checkpoints=False,
+                         loss_fn=loss_fn).model
+
+    def predict_fn(model, rows):
+        return torch.softmax(predict_logits(model, ctx.x[torch.as_tensor(rows)]), 1).double().numpy()
+
+    acc = {}
+    for name in ("none", "relabel-soft"):
+        out = remedies.train_with_remedy(name, y_noisy, flags, probs, 0, train_fn, predict_fn, second=second)
+        acc[name] = accuracy(out.model, ds.x[test], ds.label[test])
+    assert out.plan.labels.shape == (len(y_noisy), 10) and out.plan.dropped == 0
+    assert acc["relabel-soft"] > acc["none"] + 0.02, acc
+
+
 def test_choose_on_holdout_with_folds_needs_every_fold_to_agree():
     rng = np.random.default_rng(0)
     base = rng.random(600) < 0.5

@@ -84,7 +84,9 @@ def train_model(
     x : shape (n, *sample_shape), float32, or :class:`Rows`
         A :class:`Rows` (e.g. a memory-mapped file) is read one batch at a time, so memory grows
         with the batch size, not with n; the batches (and so the result) are the same either way.
-    y : shape (n,), int64
+    y : shape (n,), int64 — or shape (n, C), float: soft targets (each row a distribution over the
+        classes; the cross-entropy is then taken against it, as ``torch.nn.functional.cross_entropy``
+        does for class probabilities)
     forward : callable, optional
         ``forward(model, x_batch, idx_batch)``; ``idx_batch`` are row indices into ``x``.
     loss_fn : callable, optional
@@ -97,7 +99,13 @@ def train_model(
         The trained model (eval mode, on ``device``) and one CPU checkpoint per epoch.
     """
     x = as_rows(x)
-    y = torch.as_tensor(y, dtype=torch.long)
+    y = torch.as_tensor(y)
+    y = y.to(torch.long) if y.ndim == 1 else y.to(torch.float32)
+    if y.ndim not in (1, 2):
+        raise ValueError(f"y must be labels (n,) or soft targets (n, C), got shape {tuple(y.shape)}")
+    if y.ndim == 2 and (not torch.isfinite(y).all() or (y < 0).any()
+                        or not torch.allclose(y.sum(1), torch.ones(len(y)), atol=1e-4)):
+        raise ValueError("soft targets y (n, C) must be finite, non-negative, each row summing to 1")
     if len(x) != len(y):
         raise ValueError(f"x has {len(x)} rows but y has {len(y)}")
     if len(x) == 0:
