@@ -56,7 +56,7 @@ NEEDS_OOS = ("select", "relabel", "relabel-other", "relabel-agreed", "relabel-so
 NEEDS_SECOND_OPINION = ("relabel-agreed", "relabel-soft")
 #: what ``winnow run`` does with the flags unless ``--remedy`` says otherwise. ``relabel-soft``
 #: since stop 23: against ``prune`` on the same flags it gained +0.008 ± 0.002 test accuracy over the
-#: 81 paired cells of the remedy grid and +0.017 ± 0.006 over 24 held-out cells nothing had been
+#: 81 paired cells of the remedy grid and +0.016 ± 0.005 over 34 held-out cells nothing had been
 #: chosen on, ahead of ``relabel-agreed`` too (docs/remedies.md). Before it ``prune``: ``select``
 #: recovered less of the gap than ``prune`` on 4 of 6 synthetic settings, did not keep every seed at
 #: or above the unchanged model, and costs 10 trainings per scorer
