@@ -33,13 +33,13 @@ def _image_size(v: str) -> tuple[int, int]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="winnow",
-        description="Find the training samples whose labels are most likely wrong, prune them, retrain, "
-                    "and gate the release on data checks.")
+        description="Find the training samples whose labels are most likely wrong, fix or remove them, "
+                    "retrain, and gate the release on data checks.")
     parser.add_argument("--debug", action="store_true",
                         help="show tracebacks of refused input too (also WINNOW_DEBUG=1); allowed anywhere on the line")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="audit a data set: noise -> train -> score -> prune -> retrain -> measure",
+    run = sub.add_parser("run", help="audit a data set: noise -> train -> score -> remedy -> retrain -> measure",
                          description="Run the audit flow (Prefect) and print the summary table.")
     run.add_argument("--dataset", choices=["digits", "fashion-mnist", "images", "parquet", "anomaly"], default="digits",
                      help="built-in data (digits, fashion-mnist, anomaly) or your own: images (a folder) or parquet")
