@@ -45,6 +45,8 @@ from winnow.tasks.models.training import accuracy, predict_logits, train_model  
 from winnow.tasks.review import suggestion_probs  # noqa: E402
 from winnow.tasks.scorers import label_free  # noqa: E402
 
+#: ``--estimator`` value that flags the true number of wrong labels (an oracle count, for analysis)
+TRUE_COUNT = "true"
 #: the remedies measured by default: every selectable one plus pruning k random samples (the floor)
 REMEDIES = ["select", "prune", "relabel", "relabel-other", "relabel-agreed", "relabel-soft", "weight", "semi", "gce",
             "prune-random"]
@@ -132,7 +134,7 @@ def cmd_remedies(args) -> int:
         factory = lambda: build_model(model_kind, tuple(x.shape[1:]), 10)  # noqa: E731
         train_fn, predict_fn = _trainer(factory, x, cfg)
         probs = arrays["oos_probs"]
-        k = noise_rate.estimate(y_given, probs, args.estimator)
+        k = int(info["wrong"]) if args.estimator == TRUE_COUNT else noise_rate.estimate(y_given, probs, args.estimator)
         flags = np.zeros(len(y_given), dtype=bool)
         flags[np.argsort(-detector_scores(arrays, args.detector, x, y_given, seed), kind="stable")[:k]] = True
         done["k"], done["wrong"], done["flag_precision"] = int(k), int(info["wrong"]), float(arrays["flipped"][flags].mean()) if k else float("nan")
@@ -410,7 +412,7 @@ def cmd_suggestions(args) -> int:
     for js, info in _cells(Path(args.out), args.settings, None):
         arrays, (_, x, y_given, y_true, _, _, _), _ = _reload_cell(js, info, args.limit)
         probs = arrays["oos_probs"]
-        k = noise_rate.estimate(y_given, probs, args.estimator)
+        k = int(info["wrong"]) if args.estimator == TRUE_COUNT else noise_rate.estimate(y_given, probs, args.estimator)
         flags = np.zeros(len(y_given), dtype=bool)
         flags[np.argsort(-detector_scores(arrays, args.detector, torch.as_tensor(x), y_given, info["seed"]),
                          kind="stable")[:k]] = True
@@ -441,7 +443,9 @@ def main(argv=None) -> int:
     r.add_argument("--limit", type=int, default=1000, help="the CIFAR-10N --limit the cells were run with")
     r.add_argument("--remedies", nargs="+", default=REMEDIES)
     r.add_argument("--detector", default=DETECTOR)
-    r.add_argument("--estimator", default=noise_rate.RECOMMENDED, choices=noise_rate.ESTIMATORS)
+    r.add_argument("--estimator", default=noise_rate.RECOMMENDED, choices=noise_rate.ESTIMATORS + (TRUE_COUNT,),
+                   help=f"how many to flag; {TRUE_COUNT!r} = the true number of wrong labels (an oracle: how much "
+                        "a perfect count would change the remedy, not a product setting)")
     r.add_argument("--threads", type=int, default=1)
     e = sub.add_parser("estimators")
     e.add_argument("--out", default="data/real_noise")
@@ -463,7 +467,7 @@ def main(argv=None) -> int:
     p = sub.add_parser("report")
     p.add_argument("--out", default="data/real_noise")
     p.add_argument("--detector", default=DETECTOR)
-    p.add_argument("--estimator", default=noise_rate.RECOMMENDED, choices=noise_rate.ESTIMATORS)
+    p.add_argument("--estimator", default=noise_rate.RECOMMENDED, choices=noise_rate.ESTIMATORS + (TRUE_COUNT,))
     p.add_argument("--paired", nargs=2, metavar=("A", "B"), help="also the per-cell difference of remedy A minus B")
     args = ap.parse_args(argv)
     return {"remedies": cmd_remedies, "estimators": cmd_estimators, "inject": cmd_inject, "report": cmd_report,
