@@ -90,8 +90,9 @@ def train_model(
     forward : callable, optional
         ``forward(model, x_batch, idx_batch)``; ``idx_batch`` are row indices into ``x``.
     loss_fn : callable, optional
-        ``loss_fn(logits (b, C), targets (b,)) -> scalar``; cross-entropy when None (a robust
-        loss such as :func:`winnow.tasks.remedies.generalized_cross_entropy` is a remedy).
+        ``loss_fn(logits (b, C), targets (b,)) -> scalar`` (targets (b, C) when ``y`` is soft);
+        cross-entropy when None (a robust loss such as
+        :func:`winnow.tasks.remedies.generalized_cross_entropy` is a remedy).
 
     Returns
     -------
