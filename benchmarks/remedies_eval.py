@@ -134,7 +134,8 @@ def cmd_remedies(args) -> int:
         factory = lambda: build_model(model_kind, tuple(x.shape[1:]), 10)  # noqa: E731
         train_fn, predict_fn = _trainer(factory, x, cfg)
         probs = arrays["oos_probs"]
-        k = int(info["wrong"]) if args.estimator == TRUE_COUNT else noise_rate.estimate(y_given, probs, args.estimator)
+        k = (int(info["wrong"]) if args.estimator == TRUE_COUNT
+             else noise_rate.estimate(y_given, probs, args.estimator))
         flags = np.zeros(len(y_given), dtype=bool)
         flags[np.argsort(-detector_scores(arrays, args.detector, x, y_given, seed), kind="stable")[:k]] = True
         done["k"], done["wrong"], done["flag_precision"] = int(k), int(info["wrong"]), float(arrays["flipped"][flags].mean()) if k else float("nan")
@@ -412,7 +413,8 @@ def cmd_suggestions(args) -> int:
     for js, info in _cells(Path(args.out), args.settings, None):
         arrays, (_, x, y_given, y_true, _, _, _), _ = _reload_cell(js, info, args.limit)
         probs = arrays["oos_probs"]
-        k = int(info["wrong"]) if args.estimator == TRUE_COUNT else noise_rate.estimate(y_given, probs, args.estimator)
+        k = (int(info["wrong"]) if args.estimator == TRUE_COUNT
+             else noise_rate.estimate(y_given, probs, args.estimator))
         flags = np.zeros(len(y_given), dtype=bool)
         flags[np.argsort(-detector_scores(arrays, args.detector, torch.as_tensor(x), y_given, info["seed"]),
                          kind="stable")[:k]] = True

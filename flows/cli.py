@@ -77,9 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "the class the out-of-sample folds and the label-free probe both put first after the given "
                           "one, else drop; relabel-soft = train them on the average of those two opinions' "
                           "probabilities (a soft target, nothing dropped); weight = draw them less often; semi = "
-                          "keep the inputs, pseudo-label them from a model trained on the rest; gce = retrain every row with the generalized "
-                          "cross-entropy; select = keep whichever of no change, prune, relabel, gce has the best "
-                          "cross-validated accuracy on the given labels, no change unless one clearly wins")
+                          "keep the inputs, pseudo-label them from a model trained on the rest; gce = retrain "
+                          "every row with the generalized cross-entropy; select = keep whichever of no change, "
+                          "prune, relabel, gce has the best cross-validated accuracy on the given labels, no change "
+                          "unless one clearly wins")
     run.add_argument("--epochs", type=_positive_int, help="override the recipe's epoch count")
     run.add_argument("--refresh", action="store_true", help="ignore cached stage results and recompute")
     run.add_argument("--explain", type=_positive_int, default=0, metavar="N",
