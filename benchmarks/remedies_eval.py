@@ -117,6 +117,17 @@ def detector_scores(arrays, detector: str, x: torch.Tensor, y_given: np.ndarray,
     return rank_average([derived["knn-aum"], probe])
 
 
+def _flagged(arrays, info: dict, detector: str, estimator: str, x: torch.Tensor,
+             y_given: np.ndarray) -> tuple[int, np.ndarray]:
+    """(k, flags) of a cell: k from ``estimator`` (:data:`TRUE_COUNT`: the true number of wrong
+    labels), flags = the top k of ``detector``."""
+    k = (int(info["wrong"]) if estimator == TRUE_COUNT
+         else noise_rate.estimate(y_given, arrays["oos_probs"], estimator))
+    flags = np.zeros(len(y_given), dtype=bool)
+    flags[np.argsort(-detector_scores(arrays, detector, x, y_given, info["seed"]), kind="stable")[:k]] = True
+    return k, flags
+
+
 def cmd_remedies(args) -> int:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -134,15 +145,13 @@ def cmd_remedies(args) -> int:
         factory = lambda: build_model(model_kind, tuple(x.shape[1:]), 10)  # noqa: E731
         train_fn, predict_fn = _trainer(factory, x, cfg)
         probs = arrays["oos_probs"]
-        k = (int(info["wrong"]) if args.estimator == TRUE_COUNT
-             else noise_rate.estimate(y_given, probs, args.estimator))
-        flags = np.zeros(len(y_given), dtype=bool)
-        flags[np.argsort(-detector_scores(arrays, args.detector, x, y_given, seed), kind="stable")[:k]] = True
+        k, flags = _flagged(arrays, info, args.detector, args.estimator, x, y_given)
         done["k"], done["wrong"], done["flag_precision"] = int(k), int(info["wrong"]), float(arrays["flipped"][flags].mean()) if k else float("nan")
         if "oracle" not in res:
             old = info.get("remedies", {}).get("oracle")  # real_noise.py's own oracle: same recipe and seed
             res["oracle"] = old if old is not None else accuracy(train_fn(np.arange(len(y_true)), y_true, None), tx, ty)
         res["noisy"] = info["test_acc_noisy"]
+        second = None
         for name in todo:
             t0 = time.perf_counter()
             if name == "prune-random":
@@ -161,11 +170,11 @@ def cmd_remedies(args) -> int:
                 done[name] = {"applied": outcome.applied, "holdout": outcome.holdout_accuracy,
                               "seconds": time.perf_counter() - t0}
             else:
-                # what the audit's `second-opinion` stage gives the retrain
-                second = (label_free.second_opinion(x.numpy(), y_given, 10, seed=seed)
-                          if name in remedies.NEEDS_SECOND_OPINION else None)
+                # what the audit's `second-opinion` stage gives the retrain (once per cell)
+                if name in remedies.NEEDS_SECOND_OPINION and second is None:
+                    second = label_free.second_opinion(x.numpy(), y_given, 10, seed=seed)
                 outcome = remedies.train_with_remedy(name, y_given, flags, probs, seed, train_fn, predict_fn,
-                                                     second=second)
+                                                     second=second if name in remedies.NEEDS_SECOND_OPINION else None)
             if name != "select":
                 # a soft plan (relabel-soft) counts by its targets' argmax
                 new = outcome.plan.labels if outcome.plan.labels.ndim == 1 else outcome.plan.labels.argmax(1)
@@ -413,11 +422,7 @@ def cmd_suggestions(args) -> int:
     for js, info in _cells(Path(args.out), args.settings, None):
         arrays, (_, x, y_given, y_true, _, _, _), _ = _reload_cell(js, info, args.limit)
         probs = arrays["oos_probs"]
-        k = (int(info["wrong"]) if args.estimator == TRUE_COUNT
-             else noise_rate.estimate(y_given, probs, args.estimator))
-        flags = np.zeros(len(y_given), dtype=bool)
-        flags[np.argsort(-detector_scores(arrays, args.detector, torch.as_tensor(x), y_given, info["seed"]),
-                         kind="stable")[:k]] = True
+        k, flags = _flagged(arrays, info, args.detector, args.estimator, torch.as_tensor(x), y_given)
         probe = label_free.second_opinion(np.asarray(x), y_given, 10, seed=info["seed"])
         wrong = flags & (y_given != y_true)
         for name, p in (("folds", probs), ("folds+probe", suggestion_probs(probs, probe))):

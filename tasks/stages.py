@@ -530,7 +530,7 @@ def second_opinion(train_key: str) -> str:
     and never saw the row's own label: the label-free probe, cross-fitted
     (``scorers.label_free.cross_fitted_probe``), as probabilities. The suggested labels of a real
     audit average it with the out-of-sample probabilities; ``relabel-agreed`` relabels where the
-    two agree."""
+    two agree, ``relabel-soft`` trains the flagged rows on their average."""
     from .scorers import label_free
 
     ctx, data, _ = load_context(train_key)
@@ -546,8 +546,8 @@ def retrain(train_key: str, label: str, score_key: str | None, k: int, clean: bo
     """Act on the top-``k`` of a score table (or nothing) and retrain the same recipe.
 
     ``remedy`` (:data:`winnow.tasks.remedies.REMEDIES`; ``winnow run``'s default is
-    :data:`~winnow.tasks.remedies.DEFAULT_REMEDY`): ``select`` picks among no change, ``prune``, ``relabel`` and ``gce`` by cross-validated accuracy on the
-    given labels (needs ``oos_key``: the out-of-sample pass is its no-change candidate); ``prune``
+    :data:`~winnow.tasks.remedies.DEFAULT_REMEDY`): ``select`` picks among no change, ``prune``,
+    ``relabel`` and ``gce`` by cross-validated accuracy on the given labels (needs ``oos_key``: the out-of-sample pass is its no-change candidate); ``prune``
     drops the flagged rows; ``relabel`` gives them the out-of-sample consensus (needs ``oos_key``);
     ``relabel-agreed`` gives them the class the out-of-sample folds and the label-free probe agree
     on and drops the rest (needs ``oos_key`` and ``second_key``, :func:`second_opinion`);

@@ -98,7 +98,7 @@ class PatchDictionary:
         width = x.shape[1] * self.size ** 2
         drawn = []
         offsets = torch.arange(self.size)
-        for start in range(0, len(images), 256):  # 256 images at a time (the draws as before this change)
+        for start in range(0, len(images), 256):  # 256 images at a time; the same draws as unfold + gather
             chosen = images[start:start + 256]
             pick = torch.randint(self.positions[0] * self.positions[1], (len(chosen), PATCHES_PER_IMAGE), generator=g)
             # only the drawn patches are cut out, (image, row, column) indexed; laid out as unfold does
@@ -155,8 +155,8 @@ class PatchDictionary:
         # One convolution gives every position's projections on the ZCA rows. Filters centred to zero
         # mean turn p·w into (p − mean(p))·w, so the contrast normalisation is left as a per-position
         # scale: no patch is ever materialised. The distances to the centroids are then one batched
-        # matrix product (a convolution with the centroid filters too did the same multiplications
-        # 2–5× slower: mkldnn handles 36-wide filter banks poorly).
+        # matrix product of the whitened positions (a filter bank with the centroids folded in does
+        # the same multiplications no faster, and needs an offset term for the mean).
         filters = self.zca - self.zca.mean(0)
         filters = filters.T.reshape(width, c, self.size, self.size).contiguous()
         box = torch.full((1, c, self.size, self.size), 1.0 / width)  # a patch's mean, per position
@@ -448,5 +448,5 @@ def probe_probabilities(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 def second_opinion(x, labels: np.ndarray, num_classes: int, seed: int = 0) -> np.ndarray:
     """:func:`cross_fitted_probe` as :func:`probe_probabilities`: shape (n, num_classes), float64.
-    What the real audit's suggested labels and ``relabel-agreed`` add to the out-of-sample folds."""
+    What the suggested labels, ``relabel-agreed`` and ``relabel-soft`` add to the out-of-sample folds."""
     return probe_probabilities(cross_fitted_probe(x, labels, num_classes, seed=seed), np.asarray(labels))
