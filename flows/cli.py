@@ -104,9 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--drop", choices=["reviewed", "flagged", "none"], default="reviewed",
                     help="reviewed: what reviewers dropped (default); flagged: also every flagged sample no reviewer "
                          "decided on; none: nothing")
-    ex.add_argument("--relabel", choices=["reviewed", "flagged", "none"], default="reviewed",
+    ex.add_argument("--relabel", choices=["reviewed", "flagged", "soft", "none"], default="reviewed",
                     help="reviewed: reviewers' relabels (default); flagged: also undecided flags to their suggested "
-                         "label; none: the given labels")
+                         "label; soft: as flagged, plus a winnow_soft_label column (the suggestion's class "
+                         "distribution, null for other rows) to train those rows on, as winnow's default remedy "
+                         "relabel-soft does; none: the given labels")
     ex.add_argument("--dry-run", action="store_true", help="print the counts, write nothing")
 
     sub.add_parser("scorers", help="list the registered scorers", description="List the registered scorers.")
@@ -237,8 +239,9 @@ def cmd_export(args) -> int:
         raise ValueError("--out FILE.parquet is required (or --dry-run)")
     counts = export(args.run, args.out, args.drop, args.relabel, args.dry_run)
     what = "would write" if args.dry_run else f"wrote {counts['out']}:"
+    soft = f", {counts['soft']:,} with a soft label (column winnow_soft_label)" if args.relabel == "soft" else ""
     print(f"{what} {counts['kept']:,} of {counts['rows']:,} rows ({counts['dropped']:,} dropped, "
-          f"{counts['relabelled']:,} relabelled) from run {counts['run_id']}")
+          f"{counts['relabelled']:,} relabelled{soft}) from run {counts['run_id']}")
     return 0
 
 

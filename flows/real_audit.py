@@ -73,7 +73,7 @@ def publish_real_audit(train_key: str, oos_key: str, score_keys: dict[str, str],
                    part=f"{train_key}-{name}")
     lake.replace("flags", rows.assign(rank=np.arange(1, len(rows) + 1), scorer=names[0])[
         ["run_id", "sample_id", "batch_id", "rank", "scorer", "score", "given_label", "suggested_label",
-         "given_class", "suggested_class", "split"]], part=train_key)
+         "given_class", "suggested_class", "split", "suggestion_probs"]], part=train_key)
     dims = {"dataset": params["dataset"], "noise": "none", "rate": 0.0, "seed": params["seed"],
             "model": params["model"]}
     lake.replace("metrics", pd.DataFrame([{"run_id": train_key, "scorer": "", "name": m, "value": float(v), **dims}

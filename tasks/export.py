@@ -4,6 +4,12 @@ form, plus a provenance column; checked by the batch suite before a byte is writ
 Forms: a Parquet input comes back as the same file's columns and metadata (rows dropped, the label
 column rewritten); an image folder as Parquet with ``id, file, label, split`` and ``image`` (the
 file's bytes as they came in); built-in data sets as Parquet with uint8 ``image`` arrays.
+
+``--relabel soft`` carries winnow's default remedy (``relabel-soft``, docs/remedies.md) to the
+user's own training: every undecided flagged row gets a ``winnow_soft_label`` column, the
+distribution over the classes its suggested label is the argmax of (the out-of-sample folds
+averaged with the label-free probe, as the audit stored it in the flags table), and its label
+column holds that argmax; every other row has a null there and trains on its label.
 """
 from __future__ import annotations
 
@@ -20,8 +26,11 @@ from .data.dataset import Dataset
 from .validation import validate_batch
 
 DROP = ("reviewed", "flagged", "none")
-RELABEL = ("reviewed", "flagged", "none")
+RELABEL = ("reviewed", "flagged", "soft", "none")
 PROVENANCE = "winnow_provenance"
+SOFT_LABEL = "winnow_soft_label"
+#: schema metadata key naming the classes of the soft label's entries, in order
+SOFT_CLASSES = b"winnow_soft_label_classes"
 
 
 @dataclass
@@ -30,12 +39,15 @@ class Cleaning:
 
     keep: np.ndarray  # bool
     label: np.ndarray  # int64, the label written
-    provenance: np.ndarray  # object: "kept" or "relabelled from <class>"
+    provenance: np.ndarray  # object: "kept", "relabelled from <class>" or "soft target, given <class>"
+    soft: np.ndarray | None = None  # object: a float32 (C,) distribution for soft rows, None for the rest
 
     def counts(self) -> dict:
         relabelled = np.array([p.startswith("relabelled") for p in self.provenance]) & self.keep
+        soft = (np.array([s is not None for s in self.soft]) & self.keep if self.soft is not None
+                else np.zeros(len(self.keep), bool))
         return {"rows": int(len(self.keep)), "kept": int(self.keep.sum()), "dropped": int((~self.keep).sum()),
-                "relabelled": int(relabelled.sum())}
+                "relabelled": int(relabelled.sum()), "soft": int(soft.sum())}
 
 
 def plan_cleaning(sample_ids: np.ndarray, labels: np.ndarray, class_names: list[str], queue: pd.DataFrame,
@@ -49,13 +61,16 @@ def plan_cleaning(sample_ids: np.ndarray, labels: np.ndarray, class_names: list[
     queue : DataFrame
         The review queue (``sample_id``, ``status``, ``new_label``): a reviewer's decision wins.
     flags : DataFrame
-        This run's flagged samples (``sample_id``, ``suggested_label``).
+        This run's flagged samples (``sample_id``, ``suggested_label``; ``suggestion_probs``, lists
+        of length C, for ``relabel="soft"``).
     drop : {"reviewed", "flagged", "none"}
         ``reviewed``: drop what a reviewer dropped; ``flagged``: also every flagged sample no
         reviewer accepted or relabelled; ``none``: drop nothing.
     relabel : {"reviewed", "flagged", "none"}
         ``reviewed``: apply reviewers' relabels; ``flagged``: also relabel every undecided flagged
-        sample to its suggested label (instead of dropping it); ``none``: keep given labels.
+        sample to its suggested label (instead of dropping it); ``soft``: as ``flagged``, and those
+        rows also carry the suggestion's distribution as a soft target (:attr:`Cleaning.soft`);
+        ``none``: keep given labels. A reviewer's decision is always hard.
     """
     if drop not in DROP:
         raise ValueError(f"--drop must be one of {', '.join(DROP)}, got {drop!r}")
@@ -81,15 +96,38 @@ def plan_cleaning(sample_ids: np.ndarray, labels: np.ndarray, class_names: list[
     if relabel != "none":
         hit = (status == "relabelled") & (new_label >= 0)
         out[hit] = new_label[hit]
-    if relabel == "flagged":
+    soft = None
+    if relabel in ("flagged", "soft"):
         hit = undecided & (suggested >= 0)
         out[hit] = suggested[hit]
+        if relabel == "soft":
+            soft = _soft_targets(ids, flags, hit, len(class_names))
     elif drop == "flagged":
         keep &= ~undecided
     name = lambda i: class_names[i] if 0 <= i < len(class_names) else str(i)  # noqa: E731
     provenance = np.array(["kept" if a == b else f"relabelled from {name(int(a))}" for a, b in zip(labels, out)],
                           dtype=object)
-    return Cleaning(keep, out, provenance)
+    if soft is not None:
+        rows = np.flatnonzero([s is not None for s in soft])
+        provenance[rows] = [f"soft target, given {name(int(labels[i]))}" for i in rows]
+    return Cleaning(keep, out, provenance, soft)
+
+
+def _soft_targets(ids: pd.Index, flags: pd.DataFrame, rows: np.ndarray, num_classes: int) -> np.ndarray:
+    """The stored suggestion distribution of each of ``rows`` (bool, (n,)), None elsewhere."""
+    if "suggestion_probs" not in flags.columns:
+        raise ValueError("--relabel soft: this run's flags carry no suggestion distribution (audited before winnow "
+                         "stored it); run the audit again, or use --relabel flagged")
+    probs = flags.drop_duplicates("sample_id").set_index("sample_id")["suggestion_probs"].reindex(ids[rows])
+    soft = np.full(len(ids), None, dtype=object)
+    for i, sid, p in zip(np.flatnonzero(rows), ids[rows], probs):
+        p = None if p is None or (np.isscalar(p) and pd.isna(p)) else np.asarray(p, dtype=np.float32)
+        if p is None or p.shape != (num_classes,) or not np.isfinite(p).all() or (p < 0).any() \
+                or abs(float(p.sum()) - 1) > 1e-3:
+            raise ValueError(f"flags: sample {sid}: suggestion_probs is not a distribution over the "
+                             f"{num_classes} classes: {None if p is None else p.tolist()}")
+        soft[i] = p
+    return soft
 
 
 # ---------------------------------------------------------------- the lake edge
@@ -133,9 +171,22 @@ def export(ref: str, out: str | Path, drop: str = "reviewed", relabel: str = "re
     validate_batch(cleaned)
     if dry_run:
         return counts
-    table = _in_input_form(ds, plan, run.get("path"))
+    table = _with_soft_labels(_in_input_form(ds, plan, run.get("path")), plan, ds.class_names)
     lake.atomic_write_parquet(table, Path(out).resolve())
     return {**counts, "out": str(out)}
+
+
+def _with_soft_labels(table: pa.Table, plan: Cleaning, class_names: list[str]) -> pa.Table:
+    """Append the soft-label column (and name its entries' classes in the schema metadata)."""
+    if plan.soft is None:
+        return table
+    if SOFT_LABEL in table.column_names:
+        table = table.drop_columns([SOFT_LABEL])
+    column = pa.array([None if s is None else s.tolist() for s in plan.soft[plan.keep]],
+                      type=pa.list_(pa.float32()))
+    meta = dict(table.schema.metadata or {})
+    meta[SOFT_CLASSES] = json.dumps(class_names).encode()
+    return table.append_column(SOFT_LABEL, column).replace_schema_metadata(meta)
 
 
 def _label_values(ds: Dataset, labels: np.ndarray, as_type: pa.DataType | None):

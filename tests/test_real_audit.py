@@ -4,6 +4,7 @@ samples reach the review queue; the export applies the decisions; bad input neve
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pyarrow as pa
@@ -132,6 +133,26 @@ def test_labels_csv_features_and_pred_probs(prefect_server, fresh_home, tmp_path
     assert run["model"] == "mlp"
     flags = _rows("flags", run["run_id"])
     assert len(set(flags["sample_id"]) & {f"e{i}" for i in range(20)}) >= 15
+    # --relabel soft: the user's file back, undecided flags with the suggestion's distribution
+    review.decide([flags.sort_values("rank")["sample_id"].iloc[0]], "accept")
+    dest = tmp_path / "soft.parquet"
+    rc, out, _ = cli("export", run["run_id"], "--out", str(dest), "--relabel", "soft")
+    assert rc == 0 and f"{len(flags) - 1:,} with a soft label" in out
+    t = pq.read_table(dest)
+    assert json.loads(t.schema.metadata[b"winnow_soft_label_classes"]) == ["0", "1", "2", "3"]
+    t = t.to_pandas().set_index("id")
+    assert len(t) == n and list(t.columns[:2]) == ["label", "features"]  # the input's columns, then winnow's
+    soft = t["winnow_soft_label"].dropna()
+    assert set(soft.index) == set(flags["sample_id"]) - {flags.sort_values("rank")["sample_id"].iloc[0]}
+    stacked = np.stack(soft.to_numpy())
+    by_id = flags.set_index("sample_id")
+    assert np.allclose(stacked.sum(1), 1, atol=1e-5) and (stacked.argmax(1) == t.loc[soft.index, "label"]).all()
+    assert (t.loc[soft.index, "label"] == by_id.loc[soft.index, "suggested_label"]).all()
+    assert np.allclose(stacked, np.stack(by_id.loc[soft.index, "suggestion_probs"].to_numpy()))
+    assert (t.loc[soft.index, "winnow_provenance"].str.startswith("soft target, given ")).all()
+    # most wrong labels that got a soft label put most of its mass on the true class
+    wrong = [s for s in soft.index if int(s[1:]) < 20]
+    assert np.mean([soft[s][y[int(s[1:])]] > 0.5 for s in wrong]) >= 0.8
     # embeddings are explained by IG over their dimensions; counterfactuals need images
     rc, out, err = cli("explain", run["run_id"], "--top", "4")
     assert rc == 0, err[-2000:]
