@@ -41,8 +41,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from real_noise import load_setting, recipe  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-WINNOW = ROOT / ".venv" / "bin" / "winnow"
+#: the CLI, run by the interpreter running this script (the repo's .venv as the usage shows)
+WINNOW = [sys.executable, "-m", "winnow.flows.cli"]
 VARIANTS = ("given", "drop", "relabel", "soft", "oracle")
 
 
@@ -62,7 +62,7 @@ def winnow(home: Path, *args: str) -> str:
     """Run the CLI as a user does; returns stdout, raises with its stderr's tail when it fails."""
     env = {**os.environ, "WINNOW_HOME": str(home)}
     env.pop("PREFECT_API_URL", None)  # the CLI starts its own temporary Prefect server
-    done = subprocess.run([str(WINNOW), *args], env=env, capture_output=True, text=True)
+    done = subprocess.run([*WINNOW, *args], env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"winnow {' '.join(args)} exited {done.returncode}: {done.stderr[-2000:]}")
     return done.stdout
@@ -71,10 +71,8 @@ def winnow(home: Path, *args: str) -> str:
 def audit_and_export(home: Path, src: Path, dest: Path, model: str, seed: int, epochs: int) -> str:
     winnow(home, "run", "--dataset", "parquet", "--path", str(src), "--model", model, "--seed", str(seed),
            "--epochs", str(epochs))
-    env = {**os.environ, "WINNOW_HOME": str(home)}
     query = "SELECT run_id FROM runs WHERE mode = 'real' ORDER BY created_at DESC LIMIT 1"
-    run_id = subprocess.run([str(WINNOW), "sql", query, "--format", "csv"], env=env, capture_output=True,
-                            text=True, check=True).stdout.split()[-1]
+    run_id = winnow(home, "sql", query, "--format", "csv").split()[-1]
     return winnow(home, "export", run_id, "--out", str(dest), "--relabel", "soft")
 
 
