@@ -59,8 +59,10 @@ def find_label_issues(labels, pred_probs=None, features=None, images=None, *, nu
         out-of-sample probabilities, averaged with the label-free probe's on features and images),
         ``score`` (the first scorer; higher = more suspicious), ``is_label_issue`` (the top k, k =
         the estimated number of wrong labels, the estimator ``winnow run`` uses:
-        :data:`winnow.tasks.noise_rate.RECOMMENDED`), one ``score_<name>`` column
-        per scorer.
+        :data:`winnow.tasks.noise_rate.RECOMMENDED`), ``suggestion_probs`` (an array of shape (K,)
+        per row, whose argmax is ``suggested_label``: train the rows with ``is_label_issue`` on it as
+        a soft target, winnow's default remedy ``relabel-soft``), one ``score_<name>`` column per
+        scorer.
     """
     import torch
 
@@ -122,9 +124,10 @@ def find_label_issues(labels, pred_probs=None, features=None, images=None, *, nu
     order = ranking(scores[names[0]])
     # the suggestion also asks the label-free probe, as `winnow run` does (not possible on pred_probs)
     second = None if pred_probs is not None else second_opinion(ctx.x, y, k_classes, seed=seed)
-    suggested = suggestion_probs(probs, second).argmax(1)
-    table = pd.DataFrame({"index": order, "label": y[order], "suggested_label": suggested[order],
-                          "score": scores[names[0]][order], "is_label_issue": np.arange(len(y)) < k})
+    suggestion = suggestion_probs(probs, second).astype(np.float32)
+    table = pd.DataFrame({"index": order, "label": y[order], "suggested_label": suggestion.argmax(1)[order],
+                          "score": scores[names[0]][order], "is_label_issue": np.arange(len(y)) < k,
+                          "suggestion_probs": list(suggestion[order])})
     for n in names:
         table[f"score_{n}"] = scores[n][order]
     return table.reset_index(drop=True)

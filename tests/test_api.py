@@ -28,6 +28,9 @@ def test_pred_probs_rank_the_flipped_labels_first():
     assert k == estimate_noise_count(given, probs) and 24 <= k <= 36
     assert (table.set_index("index").loc[range(30), "suggested_label"] == y[:30]).all()
     assert {"score_loss", "score_margin", "score_confident"} <= set(table.columns)
+    # on given probabilities the soft target is those probabilities (no second opinion to ask)
+    soft = np.stack(table.sort_values("index")["suggestion_probs"].to_numpy())
+    assert soft.shape == (len(y), 3) and np.allclose(soft, probs, atol=1e-6)
 
 
 def test_features_train_a_model_and_find_most_flips():
@@ -35,6 +38,13 @@ def test_features_train_a_model_and_find_most_flips():
     table = winnow.find_label_issues(given, features=x, epochs=8)
     top = set(table["index"][:30])
     assert len(top & set(range(30))) >= 24  # 30 flips among 600
+    # the soft target of a flagged row (relabel-soft): a distribution whose argmax is the suggestion,
+    # averaged from the folds and the label-free probe; on the flipped rows it leans to the true class
+    soft = np.stack(table["suggestion_probs"].to_numpy())
+    assert np.allclose(soft.sum(1), 1, atol=1e-5) and (soft.argmax(1) == table["suggested_label"]).all()
+    flipped = table.set_index("index").loc[range(30)]
+    _, y, _ = _mixture()
+    assert np.mean([p[t] > 0.5 for p, t in zip(flipped["suggestion_probs"], y[:30])]) >= 0.8
 
 
 @pytest.mark.parametrize("kwargs,message", [
