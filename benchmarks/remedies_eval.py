@@ -48,8 +48,8 @@ from winnow.tasks.scorers import label_free  # noqa: E402
 #: ``--estimator`` value that flags the true number of wrong labels (an oracle count, for analysis)
 TRUE_COUNT = "true"
 #: the remedies measured by default: every selectable one plus pruning k random samples (the floor)
-REMEDIES = ["select", "prune", "relabel", "relabel-other", "relabel-agreed", "relabel-soft", "weight", "semi", "gce",
-            "prune-random"]
+REMEDIES = ["select", "prune", "relabel", "relabel-other", "relabel-agreed", "relabel-soft", "soft-all", "weight", "semi",
+            "gce", "prune-random"]
 DETECTOR = "knn-aum"
 
 

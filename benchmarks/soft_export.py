@@ -1,28 +1,30 @@
 """What ``winnow export --relabel soft`` is worth to a team that trains on its own data (issue 14).
 
-The default remedy (``relabel-soft``) is measured inside graded runs (``remedies_eval.py``). A real
-team gets no retraining from an audit of its own labels: it gets the exported file. This script
-walks that path as a user would, with the truth kept outside winnow:
+The default remedy (``soft-all``; before it ``relabel-soft``) is measured inside graded runs
+(``remedies_eval.py``). A real team gets no retraining from an audit of its own labels: it gets
+the exported file. This script walks that path as a user would, with the truth kept outside
+winnow:
 
 1. a benchmark cell's training rows (``real_noise.load_setting``: digits / Fashion-MNIST with
    injected noise, CIFAR-10N with human labels) are written as the user's Parquet file (``id``,
    ``label`` = the noisy label, ``image`` = the pixels; nothing else);
 2. ``winnow run --dataset parquet --path FILE`` audits it (real-label mode: every row, out of
    sample, default scorers and estimator), in a subprocess with its own WINNOW_HOME;
-3. ``winnow export RUN --relabel soft`` writes the file back with ``label`` and
-   ``winnow_soft_label``;
-4. the setting's training recipe (``real_noise.recipe``) is trained on four versions of the
+3. ``winnow export RUN --relabel soft`` writes the file back with ``label``,
+   ``winnow_provenance`` and ``winnow_soft_label``;
+4. the setting's training recipe (``real_noise.recipe``) is trained on five versions of the
    exported rows — the given labels, the flagged rows dropped (what ``--drop flagged`` writes),
-   the flagged rows relabelled to the suggestion (``--relabel flagged``), and the soft labels —
-   and on the true labels (the oracle), each scored on the cell's clean test images, which never
-   reach winnow.
+   the flagged rows relabelled to the suggestion (``--relabel flagged``), the soft labels of the
+   flagged rows only (``relabel-soft``; the others one-hot), every row's soft label (``soft-all``,
+   the column as written) — and on the true labels (the oracle), each scored on the cell's clean
+   test images, which never reach winnow.
 
     .venv/bin/python benchmarks/soft_export.py run --out data/soft_export \\
         --settings digits:symmetric digits:instance-dependent fmnist:instance-dependent --seeds 0 1 2
     .venv/bin/python benchmarks/soft_export.py report --out data/soft_export
 
 One JSON per cell under ``--out``; ``report`` prints the per-setting table (mean ± std over seeds,
-fraction of the noisy→oracle gap) and the paired soft − given / soft − drop differences.
+fraction of the noisy→oracle gap) and the paired differences between the versions.
 """
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ from real_noise import load_setting, recipe  # noqa: E402
 
 #: the CLI, run by the interpreter running this script (the repo's .venv as the usage shows)
 WINNOW = [sys.executable, "-m", "winnow.flows.cli"]
-VARIANTS = ("given", "drop", "relabel", "soft", "oracle")
+VARIANTS = ("given", "drop", "relabel", "soft", "soft-all", "oracle")
 
 
 def write_user_file(path: Path, ids, x: np.ndarray, labels: np.ndarray) -> None:
@@ -77,8 +79,8 @@ def audit_and_export(home: Path, src: Path, dest: Path, model: str, seed: int, e
 
 
 def read_export(dest: Path, ids) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(label written, soft targets (n, C): one-hot where there is no soft label, which rows have one), in
-    ``ids`` order."""
+    """(label written, every row's soft target (n, C), which rows were flagged), in ``ids`` order.
+    A flagged row is one whose provenance says it trains on its suggestion alone."""
     import pyarrow.parquet as pq
 
     t = pq.read_table(dest).to_pandas().set_index("id").loc[np.asarray(ids).astype(str)]
@@ -88,7 +90,8 @@ def read_export(dest: Path, ids) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     has = np.array([s is not None for s in soft])
     if has.any():
         targets[has] = np.stack(soft[has]).astype(np.float32)
-    return label, targets, has
+    flagged = t["winnow_provenance"].str.startswith("soft target").to_numpy()
+    return label, targets, flagged
 
 
 def run_cell(setting: str, seed: int, limit: int, work: Path) -> dict:
@@ -116,8 +119,10 @@ def run_cell(setting: str, seed: int, limit: int, work: Path) -> dict:
 
     everything = np.arange(len(x))
     kept = np.flatnonzero(~flagged)
+    flagged_only = np.eye(10, dtype=np.float32)[label]
+    flagged_only[flagged] = targets[flagged]
     acc = {"given": fit(everything, y_given), "drop": fit(kept, y_given[kept]), "relabel": fit(everything, label),
-           "soft": fit(everything, targets), "oracle": fit(everything, y_true)}
+           "soft": fit(everything, flagged_only), "soft-all": fit(everything, targets), "oracle": fit(everything, y_true)}
     wrong = y_given != y_true
     return {"setting": setting, "seed": seed, "n": int(len(x)), "wrong": int(wrong.sum()),
             "flagged": int(flagged.sum()), "flagged_wrong": int((flagged & wrong).sum()),
@@ -153,9 +158,9 @@ def cmd_report(args) -> None:
     for js in sorted(Path(args.out).glob("*__s*.json")):
         cell = json.loads(js.read_text())
         cells[cell["setting"]].append(cell)
-    print("| setting | seeds | flagged (wrong) / wrong | " + " | ".join(VARIANTS) + " | soft: share of gap |"
-          " drop: share of gap |")
-    print("|---|---|---|" + "---|" * len(VARIANTS) + "---|---|")
+    print("| setting | seeds | flagged (wrong) / wrong | " + " | ".join(VARIANTS) + " | share of the gap: soft-all |"
+          " soft | drop |")
+    print("|---|---|---|" + "---|" * len(VARIANTS) + "---|---|---|")
     diffs = defaultdict(list)
     for setting, group in cells.items():
         acc = {v: [c["accuracy"][v] for c in group] for v in VARIANTS}
@@ -164,12 +169,13 @@ def cmd_report(args) -> None:
         flags = f"{np.mean([c['flagged'] for c in group]):.0f} ({np.mean([c['flagged_wrong'] for c in group]):.0f}) " \
                 f"/ {np.mean([c['wrong'] for c in group]):.0f}"
         print(f"| {setting} | {len(group)} | {flags} | " + " | ".join(_ms(acc[v]) for v in VARIANTS)
-              + f" | {share('soft'):+.0%} | {share('drop'):+.0%} |")
-        for other in ("given", "drop", "relabel"):
-            diffs[other] += list(np.array(acc["soft"]) - np.array(acc[other]))
-    for other, d in diffs.items():
+              + f" | {share('soft-all'):+.0%} | {share('soft'):+.0%} | {share('drop'):+.0%} |")
+        for pair in (("soft-all", "given"), ("soft-all", "drop"), ("soft-all", "relabel"), ("soft-all", "soft"),
+                     ("soft", "given"), ("soft", "drop"), ("soft", "relabel")):
+            diffs[pair] += list(np.array(acc[pair[0]]) - np.array(acc[pair[1]]))
+    for (a, b), d in diffs.items():
         d = np.asarray(d)
-        print(f"\nsoft − {other}: {d.mean():+.4f} ± {d.std(ddof=1) / np.sqrt(len(d)):.4f} (s.e.) over {len(d)} cells, "
+        print(f"\n{a} − {b}: {d.mean():+.4f} ± {d.std(ddof=1) / np.sqrt(len(d)):.4f} (s.e.) over {len(d)} cells, "
               f"ahead on {(d > 0).sum()}")
 
 

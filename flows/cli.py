@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "confident, else drop; relabel-other = the out-of-sample runner-up class; relabel-agreed = "
                           "the class the out-of-sample folds and the label-free probe both put first after the given "
                           "one, else drop; relabel-soft = train them on the average of those two opinions' "
-                          "probabilities (a soft target, nothing dropped); weight = draw them less often; semi = "
+                          "probabilities (a soft target, nothing dropped); soft-all = relabel-soft, and every other "
+                          "row trains on half its label, half those opinions; weight = draw them less often; semi = "
                           "keep the inputs, pseudo-label them from a model trained on the rest; gce = retrain "
                           "every row with the generalized cross-entropy; select = keep whichever of no change, "
                           "prune, relabel, gce has the best cross-validated accuracy on the given labels, no change "
@@ -106,9 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "decided on; none: nothing")
     ex.add_argument("--relabel", choices=["reviewed", "flagged", "soft", "none"], default="reviewed",
                     help="reviewed: reviewers' relabels (default); flagged: also undecided flags to their suggested "
-                         "label; soft: as flagged, plus a winnow_soft_label column (the suggestion's class "
-                         "distribution, null for other rows) to train those rows on, as winnow's default remedy "
-                         "relabel-soft does; none: the given labels")
+                         "label; soft: as flagged, plus a winnow_soft_label column with every row's training "
+                         "target as winnow's default remedy soft-all sets it (flagged rows: the suggestion's class "
+                         "distribution; the others: half their label, half that; null where a reviewer decided); "
+                         "none: the given labels")
     ex.add_argument("--dry-run", action="store_true", help="print the counts, write nothing")
 
     sub.add_parser("scorers", help="list the registered scorers", description="List the registered scorers.")

@@ -37,8 +37,9 @@ def publish_real_audit(train_key: str, oos_key: str, score_keys: dict[str, str],
     scores = {n: t["score"].to_numpy() for n, t in score_tables.items()}
     flagged, ranks = review.rank_flags(scores, names[0], k)
     second = artifacts.load_torch("second-opinion", second_key).numpy() if second_key is not None else None
-    rows = review.flagged_rows(audited, flagged, review.suggestion_probs(probs, second), scores, ranks, names[0],
-                               params["batch_id"], run_id=train_key)
+    suggestion = review.suggestion_probs(probs, second)
+    rows = review.flagged_rows(audited, flagged, suggestion, scores, ranks, names[0], params["batch_id"],
+                               run_id=train_key)
 
     n = len(audited)
     agree = probs.argmax(1) == data.noisy
@@ -73,7 +74,9 @@ def publish_real_audit(train_key: str, oos_key: str, score_keys: dict[str, str],
                    part=f"{train_key}-{name}")
     lake.replace("flags", rows.assign(rank=np.arange(1, len(rows) + 1), scorer=names[0])[
         ["run_id", "sample_id", "batch_id", "rank", "scorer", "score", "given_label", "suggested_label",
-         "given_class", "suggested_class", "split", "suggestion_probs"]], part=train_key)
+         "given_class", "suggested_class", "split"]], part=train_key)
+    # every row's suggestion distribution: the soft targets of `winnow export --relabel soft`
+    lake.replace("suggestions", suggestion_table(train_key, audited.sample_id, suggestion), part=train_key)
     dims = {"dataset": params["dataset"], "noise": "none", "rate": 0.0, "seed": params["seed"],
             "model": params["model"]}
     lake.replace("metrics", pd.DataFrame([{"run_id": train_key, "scorer": "", "name": m, "value": float(v), **dims}
@@ -91,6 +94,17 @@ def publish_real_audit(train_key: str, oos_key: str, score_keys: dict[str, str],
     return AuditResult(train_key, mlflow_run_id, flow_run_id, params, [],
                        {"oos": estimate["oos_accuracy"], "test_oos": estimate["test_oos_accuracy"]}, int(k), k_source,
                        run.records, mode="real", flagged=rows, estimate=estimate)
+
+
+def suggestion_table(run_id: str, sample_ids: np.ndarray, suggestion: np.ndarray):
+    """``suggestions(run_id, sample_id, probs)``: one row per audited sample, ``probs`` a
+    fixed-size list<float32> of the class probabilities (built column-wise: 10⁶ rows in a second)."""
+    import pyarrow as pa
+
+    flat = pa.array(np.ascontiguousarray(suggestion, dtype=np.float32).reshape(-1))
+    return pa.table({"run_id": pa.array([run_id] * len(sample_ids), pa.string()),
+                     "sample_id": pa.array(np.asarray(sample_ids).astype(str)),
+                     "probs": pa.FixedSizeListArray.from_arrays(flat, suggestion.shape[1])})
 
 
 def markdown(estimate: dict, rows: pd.DataFrame, params: dict, run_id: str, top: int = 20) -> str:

@@ -5,11 +5,13 @@ Forms: a Parquet input comes back as the same file's columns and metadata (rows 
 column rewritten); an image folder as Parquet with ``id, file, label, split`` and ``image`` (the
 file's bytes as they came in); built-in data sets as Parquet with uint8 ``image`` arrays.
 
-``--relabel soft`` carries winnow's default remedy (``relabel-soft``, docs/remedies.md) to the
-user's own training: every undecided flagged row gets a ``winnow_soft_label`` column, the
-distribution over the classes its suggested label is the argmax of (the out-of-sample folds
-averaged with the label-free probe, as the audit stored it in the flags table), and its label
-column holds that argmax; every other row has a null there and trains on its label.
+``--relabel soft`` carries winnow's default remedy (``soft-all``, docs/remedies.md) to the user's
+own training: a ``winnow_soft_label`` column (list<float32>, one probability per class) holds
+each row's training target — for an undecided flagged row the distribution its suggested label is
+the argmax of (the out-of-sample folds averaged with the label-free probe, which the audit keeps
+per row in the lake table ``suggestions``; its argmax goes to the label column), for every other
+row the average of its one-hot label and that distribution (``remedies.soft_targets``); a row a
+reviewer decided on has a null there and trains on its label.
 """
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ class Cleaning:
     keep: np.ndarray  # bool
     label: np.ndarray  # int64, the label written
     provenance: np.ndarray  # object: "kept", "relabelled from <class>" or "soft target, given <class>"
-    soft: np.ndarray | None = None  # object: a float32 (C,) distribution for soft rows, None for the rest
+    soft: np.ndarray | None = None  # object: a float32 (C,) training target per row, None: its label
 
     def counts(self) -> dict:
         relabelled = np.array([p.startswith("relabelled") for p in self.provenance]) & self.keep
@@ -51,7 +53,8 @@ class Cleaning:
 
 
 def plan_cleaning(sample_ids: np.ndarray, labels: np.ndarray, class_names: list[str], queue: pd.DataFrame,
-                  flags: pd.DataFrame, drop: str = "reviewed", relabel: str = "reviewed") -> Cleaning:
+                  flags: pd.DataFrame, drop: str = "reviewed", relabel: str = "reviewed",
+                  suggestion: np.ndarray | None = None) -> Cleaning:
     """Decide, per row, whether it is kept and with which label.
 
     Parameters
@@ -61,16 +64,17 @@ def plan_cleaning(sample_ids: np.ndarray, labels: np.ndarray, class_names: list[
     queue : DataFrame
         The review queue (``sample_id``, ``status``, ``new_label``): a reviewer's decision wins.
     flags : DataFrame
-        This run's flagged samples (``sample_id``, ``suggested_label``; ``suggestion_probs``, lists
-        of length C, for ``relabel="soft"``).
+        This run's flagged samples (``sample_id``, ``suggested_label``).
     drop : {"reviewed", "flagged", "none"}
         ``reviewed``: drop what a reviewer dropped; ``flagged``: also every flagged sample no
         reviewer accepted or relabelled; ``none``: drop nothing.
     relabel : {"reviewed", "flagged", "none"}
         ``reviewed``: apply reviewers' relabels; ``flagged``: also relabel every undecided flagged
-        sample to its suggested label (instead of dropping it); ``soft``: as ``flagged``, and those
-        rows also carry the suggestion's distribution as a soft target (:attr:`Cleaning.soft`);
-        ``none``: keep given labels. A reviewer's decision is always hard.
+        sample to its suggested label (instead of dropping it); ``soft``: as ``flagged``, and every
+        row no reviewer decided on gets a soft target (:attr:`Cleaning.soft`: ``soft-all``'s, from
+        ``suggestion``); ``none``: keep given labels. A reviewer's decision is always hard.
+    suggestion : np.ndarray, shape (n, C), optional
+        Each row's suggestion distribution (rows summing to 1); needed for ``relabel="soft"``.
     """
     if drop not in DROP:
         raise ValueError(f"--drop must be one of {', '.join(DROP)}, got {drop!r}")
@@ -101,38 +105,33 @@ def plan_cleaning(sample_ids: np.ndarray, labels: np.ndarray, class_names: list[
         hit = undecided & (suggested >= 0)
         out[hit] = suggested[hit]
         if relabel == "soft":
-            soft = _soft_targets(ids, flags, hit, len(class_names))
+            soft = _soft_targets(out, hit, suggestion, len(class_names), ~np.isin(status, ["accepted", "relabelled"]))
     elif drop == "flagged":
         keep &= ~undecided
     name = lambda i: class_names[i] if 0 <= i < len(class_names) else str(i)  # noqa: E731
     provenance = np.array(["kept" if a == b else f"relabelled from {name(int(a))}" for a, b in zip(labels, out)],
                           dtype=object)
-    if soft is not None:
-        rows = np.flatnonzero([s is not None for s in soft])
+    if soft is not None:  # the flagged rows that train on the suggestion alone
+        rows = np.flatnonzero(hit)
         provenance[rows] = [f"soft target, given {name(int(labels[i]))}" for i in rows]
     return Cleaning(keep, out, provenance, soft)
 
 
-def _soft_targets(ids: pd.Index, flags: pd.DataFrame, rows: np.ndarray, num_classes: int) -> np.ndarray:
-    """The stored suggestion distribution of each of ``rows`` (bool, (n,)), None elsewhere; one
-    vectorised check (a million-row audit flags ~10⁵), a bad row named in the error."""
-    if "suggestion_probs" not in flags.columns:
-        raise ValueError("--relabel soft: this run's flags carry no suggestion distribution (audited before winnow "
-                         "stored it); run the audit again, or use --relabel flagged")
-    wanted = ids[rows]
-    stored = flags.drop_duplicates("sample_id").set_index("sample_id")["suggestion_probs"].reindex(wanted).to_numpy()
-    sizes = np.array([len(p) if isinstance(p, (list, np.ndarray)) else -1 for p in stored])
-    probs = (np.stack(stored).astype(np.float32) if len(stored) and (sizes == num_classes).all()
-             else np.zeros((len(stored), num_classes), np.float32))
-    bad = ((sizes != num_classes) | ~np.isfinite(probs).all(1) | (probs < 0).any(1)
-           | (np.abs(probs.sum(1, dtype=np.float64) - 1) > 1e-3))
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        shown = stored[i].tolist() if isinstance(stored[i], np.ndarray) else stored[i]
-        raise ValueError(f"flags: sample {wanted[i]}: suggestion_probs is not a distribution over the "
-                         f"{num_classes} classes: {shown}")
-    soft = np.full(len(ids), None, dtype=object)
-    soft[np.flatnonzero(rows)] = list(probs)
+def _soft_targets(labels: np.ndarray, flagged: np.ndarray, suggestion: np.ndarray | None, num_classes: int,
+                  undecided: np.ndarray) -> np.ndarray:
+    """``soft-all``'s target for every row no reviewer decided on (``undecided``), None for the rest."""
+    from .remedies import soft_targets  # the one definition of the default remedy's targets
+
+    if suggestion is None:
+        raise ValueError("--relabel soft: this run stored no suggestion distributions (audited before winnow kept "
+                         "them); run the audit again, or use --relabel flagged")
+    suggestion = np.asarray(suggestion)
+    if suggestion.shape != (len(labels), num_classes):
+        raise ValueError(f"suggestion must have shape ({len(labels)}, {num_classes}), got {suggestion.shape}")
+    targets = soft_targets(labels, flagged, suggestion, soften_unflagged=True).astype(np.float32)
+    soft = np.full(len(labels), None, dtype=object)
+    rows = np.flatnonzero(undecided)
+    soft[rows] = list(targets[rows])
     return soft
 
 
@@ -158,6 +157,21 @@ def _flags(run_id: str) -> pd.DataFrame:
     return lake.read_part("flags", run_id) if p.exists() else pd.DataFrame(columns=["sample_id", "suggested_label"])
 
 
+def _suggestions(run_id: str, sample_ids: np.ndarray) -> np.ndarray | None:
+    """The run's stored suggestion distributions in ``sample_ids`` order, shape (n, C); None if the
+    run stored none."""
+    p = lake.part_path("suggestions", run_id)
+    if not p.exists():
+        return None
+    table = lake.read_parquet(p, columns=["sample_id", "probs"])
+    column = table.column("probs").combine_chunks()
+    probs = column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), -1)
+    rows = pd.Index(table.column("sample_id").to_numpy(zero_copy_only=False)).get_indexer(sample_ids.astype(str))
+    if (rows < 0).any():
+        raise ValueError(f"{p}: has no suggestion for sample {sample_ids[np.flatnonzero(rows < 0)[0]]}")
+    return probs[rows]
+
+
 def export(ref: str, out: str | Path, drop: str = "reviewed", relabel: str = "reviewed",
            dry_run: bool = False) -> dict:
     """Write the cleaned data set of run ``ref`` to ``out`` (Parquet); returns the counts.
@@ -171,7 +185,9 @@ def export(ref: str, out: str | Path, drop: str = "reviewed", relabel: str = "re
         raise ValueError(f"{out}: --out must be a .parquet file")
     run = find_run(ref)
     ds = batches.load_committed(run["batch_id"])
-    plan = plan_cleaning(ds.sample_id, ds.label, ds.class_names, read_queue(), _flags(run["run_id"]), drop, relabel)
+    suggestion = _suggestions(run["run_id"], ds.sample_id) if relabel == "soft" else None
+    plan = plan_cleaning(ds.sample_id, ds.label, ds.class_names, read_queue(), _flags(run["run_id"]), drop, relabel,
+                         suggestion)
     counts = {"run_id": run["run_id"], **plan.counts()}
     cleaned = ds.replace(label=plan.label).subset(plan.keep)
     validate_batch(cleaned)

@@ -23,7 +23,8 @@ import pyarrow.parquet as pq
 
 from .settings import paths
 
-TABLES = ("samples", "noise", "scores", "metrics", "runs", "flags", "benchmark", "review_queue", "explanations")
+TABLES = ("samples", "noise", "scores", "metrics", "runs", "flags", "suggestions", "benchmark", "review_queue",
+          "explanations")
 
 
 def table_hash(table: pa.Table) -> str:

@@ -249,9 +249,7 @@ def flagged_rows(train: Dataset, chosen: np.ndarray, oos: np.ndarray, scores: di
     oos : np.ndarray, shape (n, C)
         Class probabilities no model fitted on the row's own label: the suggested label is their
         argmax (the real audit averages the out-of-sample folds' with the label-free probe's, as
-        :func:`suggestion_probs`). Each flagged row keeps its distribution (``suggestion_probs``,
-        float32, not stored in the queue): the soft target of ``relabel-soft`` and of
-        ``winnow export --relabel soft``.
+        :func:`suggestion_probs`, and keeps every row's in the lake table ``suggestions``).
     scores, ranks : dict of scorer -> np.ndarray, shape (n,)
         Every scorer's score and rank (1 = most suspicious); ``primary`` orders the rows.
     """
@@ -269,9 +267,7 @@ def flagged_rows(train: Dataset, chosen: np.ndarray, oos: np.ndarray, scores: di
         "ranks": [json.dumps({n: int(r[i]) for n, r in ranks.items()}) for i in idx],
         "status": "pending", "new_label": np.full(len(idx), -1, dtype=np.int64), "created_at": now, "decided_at": "",
         "decided_by": "",
-        # not stored in the queue (COLUMNS); for reports and the flags table
-        "split": train.split[idx].astype(str),
-        "suggestion_probs": list(np.asarray(oos[idx], dtype=np.float32)),
+        "split": train.split[idx].astype(str),  # not stored in the queue (COLUMNS); for reports and flags
     })
 
 

@@ -530,7 +530,7 @@ def second_opinion(train_key: str) -> str:
     and never saw the row's own label: the label-free probe, cross-fitted
     (``scorers.label_free.cross_fitted_probe``), as probabilities. The suggested labels of a real
     audit average it with the out-of-sample probabilities; ``relabel-agreed`` relabels where the
-    two agree, ``relabel-soft`` trains the flagged rows on their average."""
+    two agree, ``relabel-soft`` and ``soft-all`` train the flagged rows on their average."""
     from .scorers import label_free
 
     ctx, data, _ = load_context(train_key)
@@ -551,7 +551,8 @@ def retrain(train_key: str, label: str, score_key: str | None, k: int, clean: bo
     drops the flagged rows; ``relabel`` gives them the out-of-sample consensus (needs ``oos_key``);
     ``relabel-agreed`` gives them the class the out-of-sample folds and the label-free probe agree
     on and drops the rest (needs ``oos_key`` and ``second_key``, :func:`second_opinion`);
-    ``relabel-soft`` trains them on the average of those two opinions as soft targets (same keys);
+    ``relabel-soft`` trains them on the average of those two opinions as soft targets (same keys),
+    ``soft-all`` too, and every other row on half its label, half that average;
     ``weight`` draws them less often; ``semi`` lets a model trained on the unflagged rows
     pseudo-label them; ``gce`` retrains on every row with the generalized cross-entropy.
     ``clean=True`` trains on the original labels (the oracle); ``score_key=None`` with ``k=0`` is

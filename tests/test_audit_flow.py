@@ -87,17 +87,17 @@ def test_changing_the_scorer_list_recomputes_only_scoring_and_after(first_run):
 
 def test_the_recommended_detector_and_a_remedy_run_by_default(first_run):
     """No --scorers, no --remedy: the recommended detector comes first, and every scorer's top k is
-    retrained with the default remedy, relabel-soft: soft targets from the out-of-sample folds and
+    retrained with the default remedy, soft-all: soft targets from the out-of-sample folds and
     the label-free probe (the `second-opinion` stage), nothing dropped (reusing the run's cached
     training)."""
     from winnow.flows.audit import audit
     from winnow.tasks.remedies import DEFAULT_REMEDY
     from winnow.tasks.scorers.base import RECOMMENDED
 
-    assert DEFAULT_REMEDY == "relabel-soft"
+    assert DEFAULT_REMEDY == "soft-all"
     result = audit(dataset="digits", noise="symmetric", rate=0.2, seed=0, model="mlp", epochs=4)
     assert result.rows[0]["scorer"] == RECOMMENDED
-    assert result.params["remedy"] == "relabel-soft"
+    assert result.params["remedy"] == "soft-all"
     status = {s["name"]: s["cached"] for s in result.stages}
     assert status["train"] and not status[f"retrain-{RECOMMENDED}"] and "second-opinion" in status
     rows = {r["scorer"]: r for r in result.rows}

@@ -50,6 +50,6 @@ def test_winnow_run_prints_the_summary_table(tmp_path):
            "--rate", "0.2", "--epochs", "5", "--scorers", "loss,random"]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "AUROC" in out.stdout and "acc. after relabel-soft" in out.stdout  # the default remedy
+    assert "AUROC" in out.stdout and "acc. after soft-all" in out.stdout  # the default remedy
     assert "MLflow run id:" in out.stdout
     assert (tmp_path / "mlflow.db").exists() and (tmp_path / "lake" / "scores").is_dir()

@@ -133,26 +133,33 @@ def test_labels_csv_features_and_pred_probs(prefect_server, fresh_home, tmp_path
     assert run["model"] == "mlp"
     flags = _rows("flags", run["run_id"])
     assert len(set(flags["sample_id"]) & {f"e{i}" for i in range(20)}) >= 15
-    # --relabel soft: the user's file back, undecided flags with the suggestion's distribution
-    review.decide([flags.sort_values("rank")["sample_id"].iloc[0]], "accept")
+    # --relabel soft: the user's file back with every row's training target (soft-all): an undecided
+    # flag trains on its suggestion, another row on half its label and half that; a reviewed row on its label
+    first = flags.sort_values("rank")["sample_id"].iloc[0]
+    review.decide([first], "accept")
     dest = tmp_path / "soft.parquet"
     rc, out, _ = cli("export", run["run_id"], "--out", str(dest), "--relabel", "soft")
-    assert rc == 0 and f"{len(flags) - 1:,} with a soft label" in out
+    assert rc == 0 and f"{n - 1:,} with a soft label" in out
     t = pq.read_table(dest)
     assert json.loads(t.schema.metadata[b"winnow_soft_label_classes"]) == ["0", "1", "2", "3"]
     t = t.to_pandas().set_index("id")
     assert len(t) == n and list(t.columns[:2]) == ["label", "features"]  # the input's columns, then winnow's
-    soft = t["winnow_soft_label"].dropna()
-    assert set(soft.index) == set(flags["sample_id"]) - {flags.sort_values("rank")["sample_id"].iloc[0]}
-    stacked = np.stack(soft.to_numpy())
-    by_id = flags.set_index("sample_id")
-    assert np.allclose(stacked.sum(1), 1, atol=1e-5) and (stacked.argmax(1) == t.loc[soft.index, "label"]).all()
-    assert (t.loc[soft.index, "label"] == by_id.loc[soft.index, "suggested_label"]).all()
-    assert np.allclose(stacked, np.stack(by_id.loc[soft.index, "suggestion_probs"].to_numpy()))
-    assert (t.loc[soft.index, "winnow_provenance"].str.startswith("soft target, given ")).all()
-    # most wrong labels that got a soft label put most of its mass on the true class
-    wrong = [s for s in soft.index if int(s[1:]) < 20]
-    assert np.mean([soft[s][y[int(s[1:])]] > 0.5 for s in wrong]) >= 0.8
+    assert t["winnow_soft_label"].isna().tolist() == [i == first for i in t.index]
+    stored = _rows("suggestions", run["run_id"]).set_index("sample_id")["probs"]
+    suggestion = np.stack(stored.loc[t.index].to_numpy())
+    soft = np.stack(t["winnow_soft_label"].drop(first).to_numpy())
+    assert np.allclose(soft.sum(1), 1, atol=1e-5)
+    flagged = t.index.drop(first).isin(flags["sample_id"])
+    rest = t.drop(first)
+    assert np.allclose(soft[flagged], suggestion[t.index != first][flagged], atol=1e-6)
+    assert (soft[flagged].argmax(1) == rest["label"][flagged]).all()
+    assert (rest["label"][flagged] == flags.set_index("sample_id").loc[rest.index[flagged], "suggested_label"]).all()
+    assert rest["winnow_provenance"][flagged].str.startswith("soft target, given ").all()
+    half = (np.eye(4)[rest["label"][~flagged]] + suggestion[t.index != first][~flagged]) / 2
+    assert np.allclose(soft[~flagged], half, atol=1e-6) and (rest["winnow_provenance"][~flagged] == "kept").all()
+    # most wrong labels that were flagged put most of their target on the true class
+    wrong = [i for i, s in enumerate(rest.index[flagged]) if int(s[1:]) < 20]
+    assert np.mean([soft[flagged][i][y[int(rest.index[flagged][i][1:])]] > 0.5 for i in wrong]) >= 0.8
     # embeddings are explained by IG over their dimensions; counterfactuals need images
     rc, out, err = cli("explain", run["run_id"], "--top", "4")
     assert rc == 0, err[-2000:]

@@ -325,19 +325,23 @@ def test_the_export_plan_applies_decisions():
     fixed = plan_cleaning(ids, labels, ["n", "p"], queue, flags, relabel="flagged")
     assert fixed.label.tolist() == [0, 0, 1, 1, 1] and fixed.counts() == {"rows": 5, "kept": 4, "dropped": 1,
                                                                           "relabelled": 2, "soft": 0}
-    # soft: the undecided flag (d) gets its stored distribution and its argmax; reviewed rows stay hard
-    probs = [[0.2, 0.8], [0.9, 0.1], [0.7, 0.3], [0.35, 0.65]]
-    flags["suggestion_probs"] = [np.array(p, np.float32) for p in probs]
-    soft = plan_cleaning(ids, labels, ["n", "p"], queue, flags, relabel="soft")
+    # soft: the undecided flag (d) gets its suggestion and its argmax; the other undecided rows (e)
+    # half their label, half the suggestion (soft-all); reviewed rows (b, c) stay hard
+    suggestion = np.array([[0.2, 0.8], [0.9, 0.1], [0.7, 0.3], [0.35, 0.65], [0.6, 0.4]])
+    soft = plan_cleaning(ids, labels, ["n", "p"], queue, flags, relabel="soft", suggestion=suggestion)
     assert soft.label.tolist() == fixed.label.tolist() and soft.keep.tolist() == fixed.keep.tolist()
-    assert [s is None for s in soft.soft] == [True, True, True, False, True]
-    assert np.allclose(soft.soft[3], [0.35, 0.65]) and soft.soft[3].dtype == np.float32
+    assert [s is None for s in soft.soft] == [False, True, True, False, False]
+    np.testing.assert_allclose(soft.soft[3], [0.35, 0.65])
+    np.testing.assert_allclose(soft.soft[4], [0.3, 0.7])  # label p: ([0, 1] + [0.6, 0.4]) / 2
+    assert soft.soft[3].dtype == np.float32
     assert soft.provenance[3] == "soft target, given n" and soft.provenance[1] == "relabelled from p"
-    assert soft.counts() == {"rows": 5, "kept": 4, "dropped": 1, "relabelled": 1, "soft": 1}
-    with pytest.raises(ValueError, match="flags carry no suggestion distribution .* --relabel flagged"):
-        plan_cleaning(ids, labels, ["n", "p"], queue, flags.drop(columns="suggestion_probs"), relabel="soft")
-    flags.at[3, "suggestion_probs"] = np.array([0.5, 0.6], np.float32)
-    with pytest.raises(ValueError, match=r"sample d: suggestion_probs is not a distribution over the 2 classes"):
+    assert soft.provenance[4] == "kept"
+    assert soft.counts() == {"rows": 5, "kept": 4, "dropped": 1, "relabelled": 1, "soft": 2}
+    with pytest.raises(ValueError, match="stored no suggestion distributions .* --relabel flagged"):
         plan_cleaning(ids, labels, ["n", "p"], queue, flags, relabel="soft")
+    with pytest.raises(ValueError, match=r"suggestion must have shape \(5, 2\)"):
+        plan_cleaning(ids, labels, ["n", "p"], queue, flags, relabel="soft", suggestion=suggestion[:4])
+    with pytest.raises(ValueError, match="suggestion must be probabilities"):
+        plan_cleaning(ids, labels, ["n", "p"], queue, flags, relabel="soft", suggestion=suggestion * 2)
     with pytest.raises(ValueError, match="--drop must be one of"):
         plan_cleaning(ids, labels, ["n", "p"], queue, flags, drop="all")
