@@ -60,9 +60,10 @@ def find_label_issues(labels, pred_probs=None, features=None, images=None, *, nu
         ``score`` (the first scorer; higher = more suspicious), ``is_label_issue`` (the top k, k =
         the estimated number of wrong labels, the estimator ``winnow run`` uses:
         :data:`winnow.tasks.noise_rate.RECOMMENDED`), ``suggestion_probs`` (an array of shape (K,)
-        per row, whose argmax is ``suggested_label``: train the rows with ``is_label_issue`` on it as
-        a soft target, winnow's default remedy ``relabel-soft``), one ``score_<name>`` column per
-        scorer.
+        per row, whose argmax is ``suggested_label``), ``soft_label`` (shape (K,) per row: the
+        training target winnow's default remedy ``soft-all`` gives it — ``suggestion_probs`` for a
+        label issue, the average of its one-hot label and ``suggestion_probs`` otherwise), one
+        ``score_<name>`` column per scorer.
     """
     import torch
 
@@ -72,6 +73,7 @@ def find_label_issues(labels, pred_probs=None, features=None, images=None, *, nu
     from .scorers import TrainingContext, default_scorers, get_scorer, parse_scorer_list, probability_scorers
     from .scorers.base import scorer_class
     from .noise_rate import estimate_noise_count  # the same count as `winnow run` (noise_rate.RECOMMENDED)
+    from .remedies import soft_targets
     from .review import suggestion_probs
     from .scorers.label_free import second_opinion
     from .stages import default_config
@@ -124,10 +126,13 @@ def find_label_issues(labels, pred_probs=None, features=None, images=None, *, nu
     order = ranking(scores[names[0]])
     # the suggestion also asks the label-free probe, as `winnow run` does (not possible on pred_probs)
     second = None if pred_probs is not None else second_opinion(ctx.x, y, k_classes, seed=seed)
-    suggestion = suggestion_probs(probs, second).astype(np.float32)
+    suggestion = suggestion_probs(probs, second)
+    issue = np.zeros(len(y), bool)
+    issue[order[:k]] = True
+    soft = soft_targets(y, issue, suggestion, soften_unflagged=True).astype(np.float32)
     table = pd.DataFrame({"index": order, "label": y[order], "suggested_label": suggestion.argmax(1)[order],
-                          "score": scores[names[0]][order], "is_label_issue": np.arange(len(y)) < k,
-                          "suggestion_probs": list(suggestion[order])})
+                          "score": scores[names[0]][order], "is_label_issue": issue[order],
+                          "suggestion_probs": list(suggestion.astype(np.float32)[order]), "soft_label": list(soft[order])})
     for n in names:
         table[f"score_{n}"] = scores[n][order]
     return table.reset_index(drop=True)

@@ -45,6 +45,11 @@ def test_features_train_a_model_and_find_most_flips():
     flipped = table.set_index("index").loc[range(30)]
     _, y, _ = _mixture()
     assert np.mean([p[t] > 0.5 for p, t in zip(flipped["suggestion_probs"], y[:30])]) >= 0.8
+    # the default remedy's target (soft-all): the suggestion for a label issue, else half label, half it
+    target = np.stack(table["soft_label"].to_numpy())
+    issue = table["is_label_issue"].to_numpy()
+    np.testing.assert_allclose(target[issue], soft[issue], atol=1e-6)
+    np.testing.assert_allclose(target[~issue], (np.eye(3)[table["label"][~issue]] + soft[~issue]) / 2, atol=1e-6)
 
 
 @pytest.mark.parametrize("kwargs,message", [
