@@ -68,7 +68,7 @@ def plan_cleaning(sample_ids: np.ndarray, labels: np.ndarray, class_names: list[
     drop : {"reviewed", "flagged", "none"}
         ``reviewed``: drop what a reviewer dropped; ``flagged``: also every flagged sample no
         reviewer accepted or relabelled; ``none``: drop nothing.
-    relabel : {"reviewed", "flagged", "none"}
+    relabel : {"reviewed", "flagged", "soft", "none"}
         ``reviewed``: apply reviewers' relabels; ``flagged``: also relabel every undecided flagged
         sample to its suggested label (instead of dropping it); ``soft``: as ``flagged``, and every
         row no reviewer decided on gets a soft target (:attr:`Cleaning.soft`: ``soft-all``'s, from

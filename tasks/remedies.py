@@ -65,10 +65,10 @@ NEEDS_SECOND_OPINION = ("relabel-agreed", "relabel-soft", "soft-all")
 #: paired cells of the remedy grid (ahead on 52) and +0.009 ± 0.002 over 34 held-out cells (ahead
 #: on 24; none below the unchanged model there, 12 of 81 on the grid); the flags matter: ignoring
 #: them (every row half label, half opinions) was 0.006 ± 0.001 behind it on the grid
-#: (docs/remedies.md). ``relabel-soft``
-#: (stop 23) had beaten ``prune`` by +0.008 ± 0.002 / +0.016 ± 0.005. Before it ``prune``: ``select``
-#: recovered less of the gap than ``prune`` on 4 of 6 synthetic settings, did not keep every seed at
-#: or above the unchanged model, and costs 10 trainings per scorer
+#: (docs/remedies.md). ``relabel-soft`` (stop 23) had beaten ``prune`` by +0.008 ± 0.002 /
+#: +0.016 ± 0.005. Before it ``prune``: ``select`` recovered less of the gap than ``prune`` on 4 of
+#: 6 synthetic settings, did not keep every seed at or above the unchanged model, and costs 10
+#: trainings per scorer
 DEFAULT_REMEDY = "soft-all"
 #: the remedies ``select`` compares with ``none`` (fixed before any measurement of it; each costs
 #: one training on the 80% slice)
