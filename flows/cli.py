@@ -218,7 +218,8 @@ def _print_real(result, fmt: str) -> int:
     print(f"lake run_id: {result.run_id}")
     print(f"MLflow run id: {result.mlflow_run_id}")
     print("next: review   winnow review list   (or: winnow review relabel ID --to N / drop ID / accept ID)")
-    print(f"      export   winnow export {result.run_id} --out cleaned.parquet")
+    print(f"      export   winnow export {result.run_id} --out cleaned.parquet   "
+          f"(--relabel soft: every row's training target, the default remedy soft-all)")
     return 0
 
 

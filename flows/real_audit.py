@@ -119,5 +119,6 @@ def markdown(estimate: dict, rows: pd.DataFrame, params: dict, run_id: str, top:
         lines.append(f"| {i} | `{r.sample_id}` | {r.split} | {r.given_class} | {r.suggested_class} | {r.score:.3f} |")
     lines += ["", f"Review in the browser: `winnow review serve --run {run_id}` (http://127.0.0.1:8765/), or "
                   f"`winnow review list` · `winnow review relabel ID --to N` · `winnow review drop ID`; "
-                  f"then `winnow export {run_id} --out cleaned.parquet`."]
+                  f"then `winnow export {run_id} --out cleaned.parquet` (add `--relabel soft` for every row's "
+                  f"training target as the default remedy, soft-all, sets it)."]
     return "\n".join(lines)

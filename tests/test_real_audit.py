@@ -93,6 +93,11 @@ def test_an_image_folder_is_audited_flagged_queued_and_exported(prefect_server, 
     rc, out, _ = cli("export", run["run_id"], "--dry-run", "--drop", "flagged")
     # the relabelled flag stays (a reviewer decided); the dropped one and every undecided flag go
     assert rc == 0 and f"would write {90 - len(flags) + 1:,} of 90 rows" in out
+    # the folder form with soft labels: 89 rows, a target for all but the reviewed one, over 3 classes
+    assert cli("export", run["run_id"], "--out", str(tmp_path / "soft.parquet"), "--relabel", "soft")[0] == 0
+    soft = pq.read_table(tmp_path / "soft.parquet").to_pandas().set_index("id")["winnow_soft_label"]
+    assert len(soft) == 89 and soft.isna().tolist() == [i == a for i in soft.index]
+    assert {len(v) for v in soft.dropna()} == {len(CLASSES)}
 
     # why: a real-data run is explained like an audit (IG and latent counterfactuals on its images)
     rc, out, err = cli("explain", run["run_id"], "--top", "3", "--vae-epochs", "2")
