@@ -206,8 +206,12 @@ def load_training_set(batch_id: str) -> Dataset:
     return from_table(lake.read_parquet(p)) if p.exists() else load_committed(batch_id)
 
 
-def load_committed(batch_id: str) -> Dataset:
+def load_committed(batch_id: str, values: bool = True) -> Dataset:
+    """A committed batch; ``values=False`` leaves the values unread, as :func:`load_staged` does."""
     p = lake.part_path("samples", batch_id)
     if not p.exists():
         raise FileNotFoundError(f"{p}: batch {batch_id} is not in the lake")
-    return from_table(lake.read_parquet(p))
+    if values:
+        return from_table(lake.read_parquet(p))
+    names = lake.parquet_schema(p).names
+    return from_table(lake.read_parquet(p, columns=[c for c in names if c != "pixels"]))

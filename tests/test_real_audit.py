@@ -111,7 +111,7 @@ def test_an_image_folder_is_audited_flagged_queued_and_exported(prefect_server, 
     assert set(review_media.explanation_images(list(explained["sample_id"]))) == set(explained["sample_id"])
 
 
-def test_labels_csv_features_and_pred_probs(prefect_server, fresh_home, tmp_path):
+def test_labels_csv_features_and_pred_probs(prefect_server, fresh_home, tmp_path, monkeypatch):
     rng = np.random.default_rng(1)
     folder = tmp_path / "flat"
     folder.mkdir()
@@ -143,12 +143,15 @@ def test_labels_csv_features_and_pred_probs(prefect_server, fresh_home, tmp_path
     first = flags.sort_values("rank")["sample_id"].iloc[0]
     review.decide([first], "accept")
     dest = tmp_path / "soft.parquet"
+    monkeypatch.setattr("winnow.tasks.export.EXPORT_BATCH_ROWS", 64)  # streamed in 7 parts
     rc, out, _ = cli("export", run["run_id"], "--out", str(dest), "--relabel", "soft")
     assert rc == 0 and f"{n - 1:,} with a soft label" in out
     t = pq.read_table(dest)
     assert json.loads(t.schema.metadata[b"winnow_soft_label_classes"]) == ["0", "1", "2", "3"]
     t = t.to_pandas().set_index("id")
     assert len(t) == n and list(t.columns[:2]) == ["label", "features"]  # the input's columns, then winnow's
+    assert list(t.index) == [f"e{i}" for i in range(n)]  # the file's order, across the parts
+    assert np.allclose(np.stack(t["features"].to_numpy()), x)  # the features as they came in
     assert t["winnow_soft_label"].isna().tolist() == [i == first for i in t.index]
     stored = _rows("suggestions", run["run_id"]).set_index("sample_id")["probs"]
     suggestion = np.stack(stored.loc[t.index].to_numpy())
