@@ -157,6 +157,11 @@ def load_staged(batch_id: str, values: bool = True) -> Dataset:
     p = staging_path(batch_id)
     if not p.exists():
         raise FileNotFoundError(f"{p}: staged batch missing (rerun with --refresh)")
+    return _read_batch(p, values)
+
+
+def _read_batch(p: Path, values: bool) -> Dataset:
+    """A batch part as a Dataset; without its ``pixels`` column unless ``values``."""
     if values:
         return from_table(lake.read_parquet(p))
     names = lake.parquet_schema(p).names
@@ -211,7 +216,4 @@ def load_committed(batch_id: str, values: bool = True) -> Dataset:
     p = lake.part_path("samples", batch_id)
     if not p.exists():
         raise FileNotFoundError(f"{p}: batch {batch_id} is not in the lake")
-    if values:
-        return from_table(lake.read_parquet(p))
-    names = lake.parquet_schema(p).names
-    return from_table(lake.read_parquet(p, columns=[c for c in names if c != "pixels"]))
+    return _read_batch(p, values)

@@ -200,8 +200,7 @@ def export(ref: str, out: str | Path, drop: str = "reviewed", relabel: str = "re
     if src is not None:
         lake.atomic_write_parquet_parts(_parquet_parts(src, ds, plan), dest)
     else:
-        lake.atomic_write_parquet(_with_soft_labels(_in_input_form(ds, plan, run.get("path")), plan, ds.class_names),
-                                  dest)
+        lake.atomic_write_parquet(_in_input_form(ds, plan, run.get("path")), dest)
     return {**counts, "out": str(out)}
 
 
@@ -236,7 +235,8 @@ EXPORT_BATCH_ROWS = 65_536
 
 def _parquet_parts(src: Path, ds: Dataset, plan: Cleaning):
     """The cleaned rows of the user's Parquet file, in its own columns and metadata, a record batch
-    at a time (file order; the batch's rows are the file's rows, in order)."""
+    at a time (file order; the batch's rows are the file's rows, in order). Rows of the batch that
+    are not in file order come as one table in the batch's order."""
     import pyarrow.parquet as pq
 
     f = pq.ParquetFile(src)
@@ -250,42 +250,35 @@ def _parquet_parts(src: Path, ds: Dataset, plan: Cleaning):
         raise ValueError(f"{src}: changed since the audit: id {ds.sample_id[np.flatnonzero(rows < 0)[0]]} is gone")
     keep = np.flatnonzero(plan.keep)
     order = rows[keep]
-    if np.any(np.diff(order) <= 0):  # not in file order: the whole-table path keeps the batch's order
-        yield _with_soft_labels(_in_input_form(ds, plan, str(src)), plan, ds.class_names)
+
+    def cleaned(table: pa.Table, mine: np.ndarray) -> pa.Table:
+        """``table``: the file's rows of dataset rows ``mine``, in that order."""
+        table = table.set_column(table.column_names.index(label_col), label_col,
+                                 _label_values(ds, plan.label[mine], schema.field(label_col).type))
+        return _with_winnow_columns(table, ds, plan, mine, schema.metadata)
+
+    if np.any(np.diff(order) <= 0):
+        yield cleaned(f.read().take(pa.array(order)), keep)
         return
-    meta = dict(schema.metadata or {})
-    if plan.soft is not None:
-        meta[SOFT_CLASSES] = json.dumps(ds.class_names).encode()
-    label_type = schema.field(label_col).type
     start = 0
     for batch in f.iter_batches(batch_size=EXPORT_BATCH_ROWS):
         lo, hi = np.searchsorted(order, [start, start + batch.num_rows])
-        mine = keep[lo:hi]  # dataset rows written from this batch
-        table = pa.Table.from_batches([batch]).take(pa.array(order[lo:hi] - start))
-        table = table.set_column(table.column_names.index(label_col), label_col,
-                                 _label_values(ds, plan.label[mine], label_type))
-        for extra in (PROVENANCE, SOFT_LABEL):
-            if extra in table.column_names:
-                table = table.drop_columns([extra])
-        table = table.append_column(PROVENANCE, pa.array(plan.provenance[mine].astype(str), type=pa.string()))
-        if plan.soft is not None:
-            table = table.append_column(SOFT_LABEL, pa.array(
-                [None if v is None else v.tolist() for v in plan.soft[mine]], type=pa.list_(pa.float32())))
+        yield cleaned(pa.Table.from_batches([batch]).take(pa.array(order[lo:hi] - start)), keep[lo:hi])
         start += batch.num_rows
-        yield table.replace_schema_metadata(meta)
 
 
-def _with_soft_labels(table: pa.Table, plan: Cleaning, class_names: list[str]) -> pa.Table:
-    """Append the soft-label column (and name its entries' classes in the schema metadata)."""
-    if plan.soft is None:
-        return table
-    if SOFT_LABEL in table.column_names:
-        table = table.drop_columns([SOFT_LABEL])
-    column = pa.array([None if s is None else s.tolist() for s in plan.soft[plan.keep]],
-                      type=pa.list_(pa.float32()))
-    meta = dict(table.schema.metadata or {})
-    meta[SOFT_CLASSES] = json.dumps(class_names).encode()
-    return table.append_column(SOFT_LABEL, column).replace_schema_metadata(meta)
+def _with_winnow_columns(table: pa.Table, ds: Dataset, plan: Cleaning, rows: np.ndarray, meta) -> pa.Table:
+    """``table`` (one row per dataset row in ``rows``) with winnow's provenance and, for
+    ``--relabel soft``, soft-label columns at the end (replacing any the input carried), and
+    ``meta`` as its schema metadata, plus the soft label's class names."""
+    table = table.drop_columns([c for c in (PROVENANCE, SOFT_LABEL) if c in table.column_names])
+    table = table.append_column(PROVENANCE, pa.array(plan.provenance[rows].astype(str), type=pa.string()))
+    meta = dict(meta or {})
+    if plan.soft is not None:
+        table = table.append_column(SOFT_LABEL, pa.array([None if v is None else v.tolist() for v in plan.soft[rows]],
+                                                         type=pa.list_(pa.float32())))
+        meta[SOFT_CLASSES] = json.dumps(ds.class_names).encode()
+    return table.replace_schema_metadata(meta)
 
 
 def _label_values(ds: Dataset, labels: np.ndarray, as_type: pa.DataType | None):
@@ -299,26 +292,11 @@ def _label_values(ds: Dataset, labels: np.ndarray, as_type: pa.DataType | None):
 
 
 def _in_input_form(ds: Dataset, plan: Cleaning, source_path: str | None) -> pa.Table:
-    import pyarrow.parquet as pq
-
+    """An image folder's or a built-in data set's cleaned rows as one table (a Parquet input:
+    :func:`_parquet_parts`)."""
     keep = plan.keep
     form = ds.meta.get("form", "")
     src = Path(source_path) if isinstance(source_path, str) and source_path else None
-    if src is not None and src.is_file() and src.suffix == ".parquet":
-        original = pq.read_table(src)
-        id_col = ds.meta.get("id_column") or ("sample_id" if "sample_id" in original.column_names else "id")
-        label_col = ds.meta.get("label_column") or "label"
-        file_ids = pd.Index(original.column(id_col).cast(pa.string()).to_numpy(zero_copy_only=False))
-        rows = file_ids.get_indexer(ds.sample_id.astype(str))
-        if (rows < 0).any():
-            raise ValueError(f"{src}: changed since the audit: id {ds.sample_id[np.flatnonzero(rows < 0)[0]]} is gone")
-        table = original.take(pa.array(rows[keep]))
-        i = table.column_names.index(label_col)
-        table = table.set_column(i, label_col, _label_values(ds, plan.label[keep], original.schema.field(label_col).type))
-        if PROVENANCE in table.column_names:
-            table = table.drop_columns([PROVENANCE])
-        table = table.append_column(PROVENANCE, pa.array(plan.provenance[keep].astype(str), type=pa.string()))
-        return table.replace_schema_metadata(original.schema.metadata)
     cols = {"id": pa.array(ds.sample_id[keep].astype(str), type=pa.string())}
     if form in ("class folders", "labels.csv") and src is not None and src.is_dir():
         chosen = np.asarray(ds.meta.get("per_row", {}).get("files") or ds.sample_id, dtype=object)[keep]
@@ -330,7 +308,6 @@ def _in_input_form(ds: Dataset, plan: Cleaning, source_path: str | None) -> pa.T
                                                           int(np.prod(ds.sample_shape)))
     cols["label"] = _label_values(ds, plan.label[keep], None)
     cols["split"] = pa.array(ds.split[keep].astype(str), type=pa.string())
-    cols[PROVENANCE] = pa.array(plan.provenance[keep].astype(str), type=pa.string())
     meta = {"class_names": json.dumps(ds.class_names), "shape": ",".join(map(str, ds.sample_shape)),
             "winnow": json.dumps({"class_names": ds.class_names, "exported_from": ds.name})}
-    return pa.table(cols).replace_schema_metadata(meta)
+    return _with_winnow_columns(pa.table(cols), ds, plan, np.flatnonzero(keep), meta)
