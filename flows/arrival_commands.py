@@ -28,6 +28,9 @@ def add_commands(sub) -> dict:
     g.add_argument("--stream", default="incoming")
     g.add_argument("--epochs", type=int)
     g.add_argument("--canaries", type=int, help="canaries planted (default: the gate config's)")
+    g.add_argument("--remedy", choices=gates.CANDIDATE_REMEDIES, default="soft-all",
+                   help="how the candidate model learns from the accepted data: soft-all (default: winnow's "
+                        "remedy, soft targets from the audit's opinions) or none (the labels, decisions applied)")
     g.add_argument("--gate-config", help="TOML with [gate] thresholds; the keys it sets replace the shipped "
                                          "defaults (winnow/tasks/gate.toml)")
 
@@ -91,7 +94,7 @@ def cmd_gate(args) -> int:
         # A GateFailed propagates: the CLI prints it last and exits 1 (winnow.flows.failures).
         with temporary_settings({PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 120}):
             result = on_arrival(path=str(Path(args.path).resolve()), stream=args.stream, epochs=args.epochs,
-                                gate=gate.as_dict())
+                                gate=gate.as_dict(), remedy=args.remedy)
         if result.status == "duplicate":
             row = _find_arrival(result.batch_id)
             print(f"batch {result.batch_id} was processed before: {row['summary']}")

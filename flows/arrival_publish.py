@@ -44,6 +44,8 @@ def publish(path, stream, batch_id, verdict: gates.Verdict, figures: dict, flow_
         model, example = ctx.model_at(-1), ctx.rows.take([0, 1]).numpy()  # two rows, not the set
     params = {"path": path, "stream": stream, "batch_id": batch_id, "committed": committed,
               "flow_run_id": flow_run_id, "verdict": "passed" if verdict.passed else "failed"}
+    if "candidate_remedy" in figures:
+        params["candidate_remedy"] = figures["candidate_remedy"]
     mlflow_run_id, model_uri = registry.log_run(
         f"on-arrival {Path(path).name}", params,
         {k: v for k, v in figures.items() if not isinstance(v, str)} | {"gate_passed": float(verdict.passed)},

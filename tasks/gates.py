@@ -36,6 +36,9 @@ from .validation import CheckReport, check_batch, quiet_gx, run_suite
 
 #: the shipped thresholds: the one place their default values are written
 GATE_TOML = Path(__file__).with_name("gate.toml")
+#: how the on-arrival candidate model learns from the accepted data: ``soft-all`` (winnow's default
+#: remedy, :mod:`winnow.tasks.remedies`) or ``none`` (the labels, reviewers' decisions applied)
+CANDIDATE_REMEDIES = ("soft-all", "none")
 
 
 class GateFailed(RuntimeError):

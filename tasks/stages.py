@@ -324,9 +324,13 @@ def model_factory(kind: str, shape: tuple[int, ...], num_classes: int):
 
 
 @task(name="train", cache_policy=cached("models"), persist_result=True)
-def train(batch_id: str, noise_key: str, model: str, config: dict) -> str:
-    """Train on the noisy labels, keeping a checkpoint per epoch; returns the training key."""
-    key = artifacts.key_of("train", batch_id, noise_key, model, config)
+def train(batch_id: str, noise_key: str, model: str, config: dict, targets_key: str | None = None) -> str:
+    """Train on the noisy labels, keeping a checkpoint per epoch; returns the training key.
+
+    ``targets_key``: train on soft targets instead (:func:`save_targets`: one distribution per
+    training row, e.g. the on-arrival candidate's ``soft-all`` targets); the label table still
+    names the rows and their given labels."""
+    key = artifacts.key_of("train", batch_id, noise_key, model, config, *([targets_key] if targets_key else []))
     data = load_audit_data(batch_id, noise_key)
     cfg = TrainConfig(**config)
     log = get_run_logger()
@@ -340,9 +344,11 @@ def train(batch_id: str, noise_key: str, model: str, config: dict) -> str:
         log.info("given probabilities for %d samples: no training", len(data.train))
         return key
     ctx = _context(data, model, cfg, [])
-    result = ctx.train(on_epoch=lambda e, l: log.info("train %s epoch %d/%d loss %.4f", model, e, cfg.epochs, l))
+    targets = None if targets_key is None else load_targets(targets_key, data.train.sample_id)
+    result = ctx.train(y=targets,
+                       on_epoch=lambda e, l: log.info("train %s epoch %d/%d loss %.4f", model, e, cfg.epochs, l))
     meta = {
-        "batch_id": batch_id, "noise_key": noise_key, "model": model, "config": config,
+        "batch_id": batch_id, "noise_key": noise_key, "model": model, "config": config, "targets_key": targets_key,
         "shape": list(data.train.sample_shape), "num_classes": data.train.num_classes,
         "test_accuracy": accuracy(result.model, arrays.rows_of(data.test.values), data.test.label),
         "train_loss": result.train_loss, "seconds": time.perf_counter() - t0,
@@ -351,6 +357,36 @@ def train(batch_id: str, noise_key: str, model: str, config: dict) -> str:
     artifacts.save_json("train", key, meta)
     log.info("noisy-label model: test accuracy %.4f", meta["test_accuracy"])
     return key
+
+
+def save_targets(sample_ids: np.ndarray, targets: np.ndarray) -> str:
+    """Store soft training targets for :func:`train` under a key of their content.
+
+    Parameters
+    ----------
+    sample_ids : shape (n,) — the training rows the targets belong to
+    targets : shape (n, C), rows summing to 1
+    """
+    ids = np.asarray(sample_ids).astype(str)
+    targets = np.asarray(targets, dtype=np.float32)
+    if targets.ndim != 2 or len(targets) != len(ids):
+        raise ValueError(f"targets must have shape ({len(ids)}, C), got {targets.shape}")
+    if not np.all(np.isfinite(targets)) or (targets < 0).any() or not np.allclose(targets.sum(1), 1, atol=1e-3):
+        raise ValueError("targets must be distributions (non-negative, rows summing to 1)")
+    digest = hashlib.sha256("\x00".join(ids).encode() + targets.tobytes()).hexdigest()
+    key = artifacts.key_of("targets", digest)
+    artifacts.save_torch("targets", key, {"sample_id": ids.tolist(), "targets": torch.as_tensor(targets)})
+    return key
+
+
+def load_targets(targets_key: str, sample_ids: np.ndarray) -> torch.Tensor:
+    """The stored targets of ``sample_ids``, in that order: shape (n, C), float32."""
+    stored = artifacts.load_torch("targets", targets_key)
+    at = pd.Index(stored["sample_id"]).get_indexer(np.asarray(sample_ids).astype(str))
+    if (at < 0).any():
+        missing = np.asarray(sample_ids)[at < 0][0]
+        raise ValueError(f"targets {targets_key}: no target for sample {missing!r}")
+    return stored["targets"][torch.as_tensor(at)]
 
 
 GIVEN_PROBS = "given-probs"  # the "model" of a run on the user's own out-of-sample probabilities

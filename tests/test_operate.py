@@ -96,6 +96,21 @@ def test_first_batch_passes_is_committed_queued_and_promoted(first):
     assert champ["test_accuracy"] == pytest.approx(f["candidate_accuracy"])
     html = open(first.report_path).read()
     assert "GATE PASSED" in html and queue["sample_id"].iloc[0] in html
+    # the candidate learned soft-all's targets (the default remedy): a pending flagged row its
+    # suggestion, every other training row half its given label, half its suggestion
+    from winnow.tasks.settings import paths
+
+    assert "soft-targets" in {r["name"] for r in first.stages} and run.data.params["candidate_remedy"] == "soft-all"
+    metas = [json.loads(p.read_text()) for p in (paths().artifacts / "train").glob("*.json")]
+    (cand,) = [m for m in metas if m.get("targets_key")]
+    stored = artifacts.load_torch("targets", cand["targets_key"])
+    ids, targets = np.asarray(stored["sample_id"]), stored["targets"].numpy()
+    labels = samples.set_index("sample_id").loc[ids, "label"].to_numpy()
+    suggestion = probs[pd.Index(pool.sample_id.astype(str)).get_indexer(ids)]
+    expected = (np.eye(probs.shape[1])[labels] + suggestion) / 2
+    pending = np.isin(ids, queue["sample_id"])
+    expected[pending] = suggestion[pending]
+    assert pending.sum() == len(queue) and np.allclose(targets, expected, atol=1e-5)
 
 
 def test_a_batch_arriving_twice_is_processed_once(first, batches_dir, tmp_path):
@@ -159,9 +174,10 @@ def test_a_regressed_model_fails_the_gate_and_leaves_the_champion(first, batches
     from winnow.flows.on_arrival import on_arrival
 
     # an under-trained recipe (1 epoch): the data gates are relaxed so that only the model gate judges
+    # (remedy="none": the candidate learns the labels, so without canaries it is the scored model)
     state = on_arrival(path=str(batches_dir / "b.parquet"), stream=STREAM, epochs=1, canaries_n=0,
                        gate={"min_canary_recall": None, "max_noise_rate": 1.0, "max_flagged_fraction": 1.0},
-                       return_state=True)
+                       remedy="none", return_state=True)
     assert state.is_failed()
     assert "model: expect_column_values_to_be_between(accuracy_drop" in str(state.message)
     assert registry.champion()["version"] == first.champion_version
@@ -171,6 +187,7 @@ def test_a_regressed_model_fails_the_gate_and_leaves_the_champion(first, batches
     assert run.data.metrics["candidate_accuracy"] < run.data.metrics["champion_accuracy"] - 0.02
     gates = lake.sql(f"SELECT * FROM gates WHERE run_id = '{arrival['run_id']}' AND NOT success")
     assert list(gates["suite"]) == ["model"]
-    # without canaries the scored pool is the accepted data: retraining on it is served from cache
+    # without canaries the scored pool is the accepted data: with remedy "none" retraining on it is
+    # served from cache
     cached = {s["name"]: s["cached"] for s in json.loads(arrival["stages"])}
     assert not cached["train"] and cached["retrain-accepted"]
