@@ -2,8 +2,8 @@
 
 Replays the arrivals of ``tests/test_operate_e2e.py`` in-process (no Prefect): clean sklearn digits
 arriving in batches of 300 (pool = everything accepted so far + the new batch), 6 canaries planted
-among the batch's training rows, the MLP for 6 epochs, the top k of ``--detector`` (on-arrival ranks by
-``confident``). For each
+among the batch's training rows, the MLP for 6 epochs, the top k of ``--detector`` (on-arrival ranks by the
+first of its scorers: ``knn-aum-lf`` since stop 25, ``confident`` before). For each
 estimator it prints k, the gate's figures (``flows/operate.figures_of``) and whether a review queue
 would be non-empty, mean over seeds.
 
@@ -32,8 +32,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--canaries", type=int, default=6)
     ap.add_argument("--epochs", type=int, default=6)
-    ap.add_argument("--detector", default="confident", help="the scorer that ranks the flags (on-arrival: the first "
-                                                           "of flows/on_arrival.DEFAULT_SCORERS)")
+    ap.add_argument("--detector", default="knn-aum-lf", help="the scorer that ranks the flags (on-arrival: the first "
+                                                            "of flows/on_arrival.DEFAULT_SCORERS)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     d = load_digits()

@@ -36,25 +36,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from real_noise import load_setting  # noqa: E402
+from soft_export import _ms, cells_to_run, write_user_file  # noqa: E402
 
 VARIANTS = ("none", "soft-all", "oracle")
 #: every batch is committed; the model gate still runs (the figures are what this measures)
 LOOSE_GATE = {"max_noise_rate": 1.0, "max_flagged_fraction": 1.0, "min_canary_recall": None,
               "accuracy_tolerance": 1.0}
-
-
-def write_arrival(path: Path, ids, x: np.ndarray, labels: np.ndarray, split: np.ndarray) -> None:
-    """An arrival in the format of ``--dataset parquet``: id, label, flat pixels (shape in the
-    metadata) and the split."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    flat = np.ascontiguousarray(x, dtype=np.float32).reshape(len(x), -1)
-    table = pa.table({"id": pa.array(np.asarray(ids).astype(str)), "label": pa.array(labels.astype(np.int64)),
-                      "image": pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), flat.shape[1]),
-                      "split": pa.array(np.asarray(split).astype(str))})
-    pq.write_table(table.replace_schema_metadata({"shape": ",".join(map(str, x.shape[1:])), "num_classes": "10"}),
-                   path)
 
 
 def write_stream(setting: str, seed: int, limit: int, work: Path, arrivals: int = 2) -> dict[str, list[Path]]:
@@ -71,7 +58,7 @@ def write_stream(setting: str, seed: int, limit: int, work: Path, arrivals: int 
         for kind, labels in (("given", y_given), ("true", y_true)):
             path = work / kind / f"arrival-{i}.parquet"
             path.parent.mkdir(parents=True, exist_ok=True)
-            write_arrival(path, part_ids, xs, np.concatenate([labels[tr], ty[te]]), split)
+            write_user_file(path, part_ids, xs, np.concatenate([labels[tr], ty[te]]), split)
             files[kind].append(path)
     wrong = int((y_given != y_true).sum())
     return {"files": files, "n": len(x), "wrong": wrong}
@@ -105,28 +92,16 @@ def cmd_replay(args) -> None:
 
 
 def cmd_run(args) -> None:
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for setting in args.settings:
-        for seed in args.seeds:
-            dest = out / f"{setting.replace(':', '__')}__s{seed}.json"
-            if dest.exists():
-                print(f"{dest.name}: done before, skipped", flush=True)
-                continue
-            with tempfile.TemporaryDirectory() as tmp:
-                stream = write_stream(setting, seed, args.limit, Path(tmp))
-                runs = {v: replay(Path(tmp) / f"home-{v}", stream["files"]["true" if v == "oracle" else "given"],
-                                  "none" if v == "oracle" else v, seed) for v in VARIANTS}
-            cell = {"setting": setting, "seed": seed, "n": stream["n"], "wrong": stream["wrong"], "arrivals": runs}
-            dest.write_text(json.dumps(cell, indent=1))
-            acc = {v: [r["candidate_accuracy"] for r in runs[v]] for v in VARIANTS}
-            print(f"{setting} s{seed}: candidate accuracy after each arrival "
-                  + "; ".join(f"{v} " + " ".join(f"{a:.4f}" for a in acc[v]) for v in VARIANTS), flush=True)
-
-
-def _ms(values) -> str:
-    v = np.asarray(values, float)
-    return f"{v.mean():.4f} ± {v.std(ddof=1) if len(v) > 1 else 0:.4f}"
+    for setting, seed, dest in cells_to_run(Path(args.out), args.settings, args.seeds):
+        with tempfile.TemporaryDirectory() as tmp:
+            stream = write_stream(setting, seed, args.limit, Path(tmp))
+            runs = {v: replay(Path(tmp) / f"home-{v}", stream["files"]["true" if v == "oracle" else "given"],
+                              "none" if v == "oracle" else v, seed) for v in VARIANTS}
+        cell = {"setting": setting, "seed": seed, "n": stream["n"], "wrong": stream["wrong"], "arrivals": runs}
+        dest.write_text(json.dumps(cell, indent=1))
+        acc = {v: [r["candidate_accuracy"] for r in runs[v]] for v in VARIANTS}
+        print(f"{setting} s{seed}: candidate accuracy after each arrival "
+              + "; ".join(f"{v} " + " ".join(f"{a:.4f}" for a in acc[v]) for v in VARIANTS), flush=True)
 
 
 def cmd_report(args) -> None:

@@ -48,16 +48,31 @@ WINNOW = [sys.executable, "-m", "winnow.flows.cli"]
 VARIANTS = ("given", "drop", "relabel", "soft", "soft-all", "oracle")
 
 
-def write_user_file(path: Path, ids, x: np.ndarray, labels: np.ndarray) -> None:
-    """The user's file: id, label and the flat pixels in [0, 1] with their shape in the metadata."""
+def write_user_file(path: Path, ids, x: np.ndarray, labels: np.ndarray, split=None) -> None:
+    """The user's file: id, label and the flat pixels in [0, 1] with their shape in the metadata
+    (and a ``split`` column of train/test when given)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     flat = np.ascontiguousarray(x, dtype=np.float32).reshape(len(x), -1)
-    table = pa.table({"id": pa.array(np.asarray(ids).astype(str)), "label": pa.array(labels.astype(np.int64)),
-                      "image": pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), flat.shape[1])})
+    cols = {"id": pa.array(np.asarray(ids).astype(str)), "label": pa.array(labels.astype(np.int64)),
+            "image": pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), flat.shape[1])}
+    if split is not None:
+        cols["split"] = pa.array(np.asarray(split).astype(str))
     meta = {"shape": ",".join(map(str, x.shape[1:])), "num_classes": "10"}
-    pq.write_table(table.replace_schema_metadata(meta), path)
+    pq.write_table(pa.table(cols).replace_schema_metadata(meta), path)
+
+
+def cells_to_run(out: Path, settings, seeds):
+    """(setting, seed, the cell's JSON path) for every cell not written before (a rerun resumes)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for setting in settings:
+        for seed in seeds:
+            dest = out / f"{setting.replace(':', '__')}__s{seed}.json"
+            if dest.exists():
+                print(f"{dest.name}: done before, skipped", flush=True)
+                continue
+            yield setting, seed, dest
 
 
 def winnow(home: Path, *args: str) -> str:
@@ -131,21 +146,14 @@ def run_cell(setting: str, seed: int, limit: int, work: Path) -> dict:
 
 
 def cmd_run(args) -> None:
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for setting in args.settings:
-        for seed in args.seeds:
-            dest = out / f"{setting.replace(':', '__')}__s{seed}.json"
-            if dest.exists():
-                print(f"{dest.name}: done before, skipped", flush=True)
-                continue
-            with tempfile.TemporaryDirectory() as tmp:
-                cell = run_cell(setting, seed, args.limit, Path(tmp))
-            dest.write_text(json.dumps(cell, indent=1))
-            a = cell["accuracy"]
-            print(f"{setting} s{seed}: flagged {cell['flagged']} ({cell['flagged_wrong']} wrong of {cell['wrong']}); "
-                  + " ".join(f"{v} {a[v]:.4f}" for v in VARIANTS) + f"; audit+export {cell['audit_and_export_s']} s",
-                  flush=True)
+    for setting, seed, dest in cells_to_run(Path(args.out), args.settings, args.seeds):
+        with tempfile.TemporaryDirectory() as tmp:
+            cell = run_cell(setting, seed, args.limit, Path(tmp))
+        dest.write_text(json.dumps(cell, indent=1))
+        a = cell["accuracy"]
+        print(f"{setting} s{seed}: flagged {cell['flagged']} ({cell['flagged_wrong']} wrong of {cell['wrong']}); "
+              + " ".join(f"{v} {a[v]:.4f}" for v in VARIANTS) + f"; audit+export {cell['audit_and_export_s']} s",
+              flush=True)
 
 
 def _ms(values) -> str:

@@ -114,8 +114,10 @@ def candidate_targets(accepted: Dataset, pool_ids: np.ndarray, suggestion: np.nd
     plan = export.plan_cleaning(ids, accepted.label[train], accepted.class_names, queue,
                                 pending[["sample_id", "suggested_label"]], drop="none", relabel="soft",
                                 suggestion=np.asarray(suggestion)[at])
-    hard = np.eye(accepted.num_classes, dtype=np.float32)[plan.label]
-    targets = np.stack([hard[i] if t is None else t for i, t in enumerate(plan.soft)])
+    targets = np.eye(accepted.num_classes, dtype=np.float32)[plan.label]  # reviewed rows: their label
+    soft = np.array([t is not None for t in plan.soft])
+    if soft.any():
+        targets[soft] = np.stack(plan.soft[soft])
     return stages.save_targets(ids, targets)
 
 
