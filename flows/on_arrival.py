@@ -37,6 +37,7 @@ from winnow.tasks.validation import CheckReport
 # ranked by it, the replayed arrivals' canary recall at k rose from 0.73 / 0.47 (confident) to
 # 0.97 / 1.00 (benchmarks/arrival_k.py, docs/remedies.md)
 DEFAULT_SCORERS = default_scorers("samples", "none")
+
 __all__ = ["ARRIVAL_EVENT", "ArrivalResult", "GateFailed", "on_arrival"]
 
 
