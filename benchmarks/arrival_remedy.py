@@ -36,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from real_noise import load_setting  # noqa: E402
-from soft_export import _ms, cells_to_run, write_user_file  # noqa: E402
+from soft_export import _ms, cells_to_run, paired, write_user_file  # noqa: E402
 
 VARIANTS = ("none", "soft-all", "oracle")
 #: every batch is committed; the model gate still runs (the figures are what this measures)
@@ -121,15 +121,11 @@ def cmd_report(args) -> None:
         every += list(diff)
         gap = (last["oracle"] - last["none"]).mean()
         secs = {v: np.mean([r["seconds"] for c in group for r in c["arrivals"][v]]) for v in ("none", "soft-all")}
-        se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else 0.0
         print(f"| {setting} | {len(group)} | {len(group[0]['arrivals']['none'])} | {_ms(last['none'])} | "
-              f"{_ms(last['soft-all'])} | {_ms(last['oracle'])} | {diff.mean() / gap:+.0%} | "
-              f"{diff.mean():+.4f} ± {se:.4f} ({(diff > 0).sum()} of {len(diff)}) | "
+              f"{_ms(last['soft-all'])} | {_ms(last['oracle'])} | {diff.mean() / gap:+.0%} | {paired(diff)} | "
               f"{secs['none']:.0f} / {secs['soft-all']:.0f} |")
-    d = np.asarray(every)
-    if len(d) > 1:
-        print(f"\nEvery cell: soft-all − none {d.mean():+.4f} ± {d.std(ddof=1) / np.sqrt(len(d)):.4f} (s.e.), "
-              f"ahead on {(d > 0).sum()} of {len(d)}")
+    if len(every) > 1:
+        print(f"\nEvery cell: soft-all − none {paired(every)}")
 
 
 def main(argv=None) -> None:

@@ -161,6 +161,13 @@ def _ms(values) -> str:
     return f"{v.mean():.4f} ± {v.std(ddof=1) if len(v) > 1 else 0:.4f}"
 
 
+def paired(diffs) -> str:
+    """Per-cell differences of two variants: mean ± standard error, and on how many cells ahead."""
+    d = np.asarray(diffs, float)
+    se = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else 0.0
+    return f"{d.mean():+.4f} ± {se:.4f} (s.e.), ahead on {(d > 0).sum()} of {len(d)}"
+
+
 def cmd_report(args) -> None:
     cells = defaultdict(list)
     for js in sorted(Path(args.out).glob("*__s*.json")):
@@ -182,9 +189,7 @@ def cmd_report(args) -> None:
                      ("soft", "given"), ("soft", "drop"), ("soft", "relabel")):
             diffs[pair] += list(np.array(acc[pair[0]]) - np.array(acc[pair[1]]))
     for (a, b), d in diffs.items():
-        d = np.asarray(d)
-        print(f"\n{a} − {b}: {d.mean():+.4f} ± {d.std(ddof=1) / np.sqrt(len(d)):.4f} (s.e.) over {len(d)} cells, "
-              f"ahead on {(d > 0).sum()}")
+        print(f"\n{a} − {b}: {paired(d)}")
 
 
 def main(argv=None) -> None:

@@ -95,11 +95,12 @@ def assemble_pool(parts: list[Dataset], stream: str, planted_labels: np.ndarray 
 
 
 @task(name="soft-targets", cache_policy=NO_CACHE, persist_result=False)
-def candidate_targets(accepted: Dataset, pool_ids: np.ndarray, suggestion: np.ndarray) -> str:
+def candidate_targets(accepted: Dataset, queue: pd.DataFrame, pool_ids: np.ndarray, suggestion: np.ndarray) -> str:
     """``soft-all``'s targets for the accepted data's training rows, as ``winnow export --relabel
     soft`` writes them: a row a reviewer accepted or relabelled trains on its label, a pending
     flagged row on its suggestion, every other row on half its label, half its suggestion.
 
+    ``queue``: the review queue ``accepted`` was built from (one read, so the two agree).
     ``pool_ids`` / ``suggestion`` (shape (m,) / (m, C)): the scored pool's training rows and their
     suggestion distributions (out-of-sample folds averaged with the label-free probe). Every
     accepted training row was in that pool; a canary's planted label never reaches its own
@@ -109,7 +110,6 @@ def candidate_targets(accepted: Dataset, pool_ids: np.ndarray, suggestion: np.nd
     at = pd.Index(np.asarray(pool_ids).astype(str)).get_indexer(ids)
     if (at < 0).any():
         raise ValueError(f"accepted sample {ids[at < 0][0]!r} was not in the scored pool")
-    queue = review.read_queue()
     queue = queue[queue["sample_id"].astype(str).isin(ids)]
     pending = queue[queue["status"] == "pending"]
     plan = export.plan_cleaning(ids, accepted.label[train], accepted.class_names, queue,
@@ -251,10 +251,11 @@ def _judge(path, stream, batch_id, accepted, names, model, config, seed, gate_cf
 
     # retrain on the accepted data (decisions applied, no canaries) with the default remedy's soft
     # targets (or the labels alone: remedy="none") and compare with the champion
-    accepted_now = review.accepted_data(stream)
+    queue = review.read_queue()
+    accepted_now = review.accepted_data(stream, queue)
     cand_pool, cand_labels = run("assemble-accepted", assemble_pool, [accepted_now], stream)
-    targets_key = (run("soft-targets", candidate_targets, accepted_now, pool.sample_id[train_rows], suggestion)
-                   if remedy == "soft-all" else None)
+    targets_key = (run("soft-targets", candidate_targets, accepted_now, queue, pool.sample_id[train_rows],
+                       suggestion) if remedy == "soft-all" else None)
     cand_key = run("retrain-accepted", stages.train, cand_pool, cand_labels, model, config, targets_key)
     candidate = artifacts.load_json("train", cand_key)["test_accuracy"]
     champ, how = run("champion-accuracy", champion_accuracy, cand_key)
